@@ -1,0 +1,117 @@
+"""Typed run configuration: dataclasses with defaults and docstrings, one section per concern.
+
+A run YAML mirrors this tree (`model:`, `parallel:`, `precision:` ...). Model presets
+(`megatron_glm/config/presets/models/*.yaml`) hold a `model:` section only. Later sections (data,
+training, checkpointing, logging) are added by the issues that own them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+
+@dataclass
+class EmbeddingGradShrinkConfig:
+    """Embedding Gradient Shrink (GLM130B.md §4.2): forward unchanged, gradient scaled by alpha.
+
+    `schedule` is a list of [step, alpha] knots, linearly interpolated, constant outside the knots.
+    Two knots at the same step make a jump. Empty means alpha = `alpha` for the whole run.
+    GLM-130B's final setting is alpha 0.1 on the input embedding and on the tied output weight.
+    """
+
+    alpha: float = 1.0
+    schedule: List[Tuple[int, float]] = field(default_factory=list)
+    apply_to_output_weight: bool = True
+    """Also shrink the tied weight used for the logits (LargeScale's --shrink-logit-embedding-gradient)."""
+
+
+@dataclass
+class ModelConfig:
+    """The GLM-130B architecture at any size (GLM130B.md §1): DeepNorm Post-LN, RoPE, GeGLU."""
+
+    name: str = "custom"
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: Optional[int] = None
+    """GeGLU inner size (fc1 has 2x this many outputs). None: 8/3 x hidden rounded up to 64."""
+    vocab_size: int = 512
+    """Tokenizer vocabulary including GLM's special tokens."""
+    padded_vocab_size: Optional[int] = None
+    """Embedding rows. None: vocab_size rounded up to make_vocab_size_divisible_by. Kept independent
+    of the TP degree (unlike Megatron-LM) so checkpoints reshard without changing shapes."""
+    make_vocab_size_divisible_by: int = 128
+    seq_length: int = 2048
+    layernorm_epsilon: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    rotary_base: int = 10000
+    embedding_init_std: Optional[float] = None
+    """Std of the word embedding init. None: sqrt(1 / (3 * hidden)), which is GLM-130B's 0.0052."""
+    apply_query_key_layer_scaling: bool = True
+    """Divide q by the layer number before QK^T and multiply back inside the FP32 softmax (cancels
+    mathematically; keeps FP16 scores from overflowing, as GLM-130B trained)."""
+    embedding_grad_shrink: EmbeddingGradShrinkConfig = field(default_factory=EmbeddingGradShrinkConfig)
+    source: str = ""
+    """Where the shapes come from (a paper table, a public config file)."""
+
+    @property
+    def resolved_ffn_hidden_size(self) -> int:
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        return int(math.ceil(self.hidden_size * 8 / 3 / 64) * 64)
+
+    @property
+    def resolved_padded_vocab_size(self) -> int:
+        if self.padded_vocab_size is not None:
+            return self.padded_vocab_size
+        multiple = self.make_vocab_size_divisible_by
+        return int(math.ceil(self.vocab_size / multiple) * multiple)
+
+    @property
+    def resolved_embedding_init_std(self) -> float:
+        if self.embedding_init_std is not None:
+            return self.embedding_init_std
+        return math.sqrt(1.0 / (3.0 * self.hidden_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split: tensor x pipeline (x virtual pipeline) x data parallel."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: Optional[int] = None
+    """Model chunks per pipeline rank for the interleaved 1F1B schedule (None: not interleaved)."""
+    data: Optional[int] = None
+    """None: whatever the world size leaves (world / (tensor * pipeline))."""
+    first_stage_layers: Optional[int] = None
+    """Uneven pipelines: layers on the first stage (GLM-130B: 8 of 70 with PP 8)."""
+    last_stage_layers: Optional[int] = None
+
+
+@dataclass
+class RecomputeConfig:
+    """Activation recomputation: none, selective (attention core only) or full (per layer)."""
+
+    granularity: str = "none"
+    method: str = "uniform"
+    num_layers: int = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; loaded from YAML, overridden with dotted keys, validated once."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    precision: str = "fp32"
+    """fp32 (tests), fp16 (GLM-130B: dynamic loss scaling, FP32 softmax) or bf16."""
+    seed: int = 1234

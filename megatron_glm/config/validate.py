@@ -1,0 +1,154 @@
+"""One validation pass over a RunConfig, run before any process group exists.
+
+Every problem is collected (not just the first) and each message says what to change, e.g.
+"num_attention_heads=96 is not divisible by parallel.tensor=5; choose 1, 2, 3, 4, 6, 8, ...".
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from megatron_glm.config.loader import ConfigError
+from megatron_glm.config.schema import RunConfig
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+RECOMPUTE_GRANULARITIES = ("none", "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
+
+
+def _divisors(n: int, limit: int = 12) -> str:
+    found = [d for d in range(1, n + 1) if n % d == 0]
+    shown = ", ".join(str(d) for d in found[:limit])
+    return shown + (", ..." if len(found) > limit else "")
+
+
+def _check_divisible(problems: List[str], what: str, value: int, by_name: str, by: int) -> None:
+    if by > 0 and value % by != 0:
+        problems.append(
+            f"{what}={value} is not divisible by {by_name}={by}; choose {by_name} from {_divisors(value)}"
+        )
+
+
+def _pipeline_problems(config: RunConfig) -> List[str]:
+    model, par = config.model, config.parallel
+    problems: List[str] = []
+    pp, vpp = par.pipeline, par.virtual_pipeline
+    if vpp is not None:
+        if vpp < 1:
+            problems.append(f"parallel.virtual_pipeline={vpp} must be >= 1 or null")
+        elif pp < 2 and vpp > 1:
+            problems.append("parallel.virtual_pipeline needs parallel.pipeline >= 2; set it to null")
+    first, last = par.first_stage_layers, par.last_stage_layers
+    if (first is not None or last is not None) and vpp not in (None, 1):
+        problems.append(
+            "uneven first/last pipeline stages cannot be combined with parallel.virtual_pipeline; "
+            "drop one of them"
+        )
+    if first is not None or last is not None:
+        middle_stages = pp - (first is not None) - (last is not None)
+        middle_layers = model.num_layers - (first or 0) - (last or 0)
+        if pp < 2:
+            problems.append("parallel.first_stage_layers/last_stage_layers need parallel.pipeline >= 2")
+        elif middle_layers < 0:
+            problems.append(
+                f"first_stage_layers + last_stage_layers exceed model.num_layers={model.num_layers}"
+            )
+        elif middle_stages > 0 and middle_layers % middle_stages != 0:
+            problems.append(
+                f"after first/last stages, {middle_layers} layers do not divide over the "
+                f"{middle_stages} middle stages; adjust parallel.first_stage_layers/last_stage_layers"
+            )
+        elif middle_stages == 0 and middle_layers != 0:
+            problems.append(
+                f"with pipeline={pp}, first_stage_layers + last_stage_layers must equal "
+                f"model.num_layers={model.num_layers}"
+            )
+    else:
+        chunks = pp * (vpp or 1)
+        what = "parallel.pipeline x parallel.virtual_pipeline" if vpp else "parallel.pipeline"
+        if model.num_layers % chunks != 0:
+            problems.append(
+                f"model.num_layers={model.num_layers} is not divisible by {what}={chunks}; "
+                f"choose a pipeline size from {_divisors(model.num_layers)} or set "
+                "parallel.first_stage_layers/last_stage_layers for an uneven split"
+            )
+    return problems
+
+
+def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List[str]:
+    """All problems of a run config (empty list: valid). world_size checks the layout divides it."""
+    model, par = config.model, config.parallel
+    problems: List[str] = []
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length"):
+        if getattr(model, name) < 1:
+            problems.append(f"model.{name}={getattr(model, name)} must be >= 1")
+    for name in ("tensor", "pipeline"):
+        if getattr(par, name) < 1:
+            problems.append(f"parallel.{name}={getattr(par, name)} must be >= 1")
+    if problems:
+        return problems
+
+    _check_divisible(problems, "model.hidden_size", model.hidden_size, "model.num_attention_heads",
+                     model.num_attention_heads)
+    if model.hidden_size % model.num_attention_heads == 0 and model.head_dim % 2 != 0:
+        problems.append(f"head dim {model.head_dim} must be even for rotary embeddings")
+    _check_divisible(problems, "model.num_attention_heads", model.num_attention_heads,
+                     "parallel.tensor", par.tensor)
+    _check_divisible(problems, "model.ffn_hidden_size", model.resolved_ffn_hidden_size,
+                     "parallel.tensor", par.tensor)
+    _check_divisible(problems, "padded vocab size", model.resolved_padded_vocab_size,
+                     "parallel.tensor", par.tensor)
+    if model.resolved_padded_vocab_size < model.vocab_size:
+        problems.append(
+            f"model.padded_vocab_size={model.padded_vocab_size} is smaller than "
+            f"model.vocab_size={model.vocab_size}"
+        )
+    for name in ("hidden_dropout", "attention_dropout"):
+        value = getattr(model, name)
+        if not 0.0 <= value < 1.0:
+            problems.append(f"model.{name}={value} must be in [0, 1)")
+    problems.extend(_embedding_grad_shrink_problems(config))
+    problems.extend(_pipeline_problems(config))
+    if config.precision not in PRECISIONS:
+        problems.append(f"precision={config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    rc = config.recompute
+    if rc.granularity not in RECOMPUTE_GRANULARITIES:
+        problems.append(
+            f"recompute.granularity={rc.granularity!r}; choose one of {', '.join(RECOMPUTE_GRANULARITIES)}"
+        )
+    if rc.method not in RECOMPUTE_METHODS:
+        problems.append(f"recompute.method={rc.method!r}; choose one of {', '.join(RECOMPUTE_METHODS)}")
+    if world_size is not None:
+        model_parallel = par.tensor * par.pipeline
+        if world_size % model_parallel != 0:
+            problems.append(
+                f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline "
+                f"= {model_parallel}; use a multiple of {model_parallel} processes"
+            )
+        elif par.data is not None and par.data * model_parallel != world_size:
+            problems.append(
+                f"parallel.data={par.data} x tensor={par.tensor} x pipeline={par.pipeline} = "
+                f"{par.data * model_parallel}, but the world size is {world_size}; "
+                f"set parallel.data={world_size // model_parallel} or null"
+            )
+    return problems
+
+
+def _embedding_grad_shrink_problems(config: RunConfig) -> List[str]:
+    egs = config.model.embedding_grad_shrink
+    problems = []
+    alphas = [egs.alpha] + [alpha for _, alpha in egs.schedule]
+    if any(not 0.0 < a <= 1.0 for a in alphas):
+        problems.append("model.embedding_grad_shrink alphas must be in (0, 1]")
+    steps = [step for step, _ in egs.schedule]
+    if steps != sorted(steps):
+        problems.append("model.embedding_grad_shrink.schedule steps must be non-decreasing")
+    return problems
+
+
+def validate(config: RunConfig, world_size: Optional[int] = None) -> RunConfig:
+    """Raise ConfigError listing every problem; return the config unchanged when valid."""
+    problems = config_problems(config, world_size)
+    if problems:
+        raise ConfigError(problems)
+    return config

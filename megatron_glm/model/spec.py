@@ -1,0 +1,54 @@
+"""The GLM layer as a megatron-core ModuleSpec (local, non-Transformer-Engine modules).
+
+Attention is megatron-core's SelfAttention with the fused, per-head-interleaved QKV
+(ColumnParallelLinear, rows [head][q, k, v][d], the layout of GLM-130B's checkpoints) and the
+local DotProductAttention: an explicit boolean mask (True = masked, filled with -10000), scores
+scaled and softmaxed in FP32 (GLM130B.md §1.3). The mask type is `arbitrary` because GLM's masks
+are prefix-LM and block-diagonal, not causal: flash/causal kernels must not be used.
+"""
+
+from __future__ import annotations
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
+
+from megatron_glm.model.layer import DeepNormTransformerLayer
+from megatron_glm.model.mlp import GeGLUMLP
+
+try:  # apex's fused LayerNorm where the NVIDIA container has it; torch's LayerNorm otherwise.
+    import apex  # noqa: F401  # pylint: disable=unused-import
+    from megatron.core.fusions.fused_layer_norm import FusedLayerNorm as LayerNormImpl
+except ImportError:
+    LayerNormImpl = WrappedTorchNorm
+
+
+def glm_layer_spec() -> ModuleSpec:
+    """DeepNorm Post-LN layer: LN -> self-attention -> alpha-residual, LN -> GeGLU -> alpha-residual."""
+    return ModuleSpec(
+        module=DeepNormTransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=LayerNormImpl,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.arbitrary},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=DotProductAttention,
+                    linear_proj=RowParallelLinear,
+                    q_layernorm=IdentityOp,
+                    k_layernorm=IdentityOp,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=LayerNormImpl,
+            mlp=GeGLUMLP,
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )

@@ -1,0 +1,157 @@
+"""One optimizer step on megatron-core: DDP, (Distributed)Optimizer, pipeline schedules.
+
+The pieces the training loop, the CPU demo and the layout-equivalence tests share:
+- `wrap_for_training`: megatron-core DDP around every model chunk (gradients reduced in fp32);
+- `build_optimizer`: megatron-core's Adam(W); `use_distributed_optimizer` shards its state (ZeRO-1);
+- `train_step`: one global batch through `get_forward_backward_func` (no pipelining, 1F1B, or
+  interleaved 1F1B) and one optimizer step; the loss is GLM's per-sequence token mean
+  (GLM130B.md §2.4), averaged over the sequences of the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_glm.data.glm_sample import PackedSample, attention_mask
+
+
+@dataclass
+class MicroBatch:
+    """Tensors of one micro-batch, every one [b, s] except attention_mask [b, 1, s, s]."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def collate(samples: Sequence[PackedSample]) -> MicroBatch:
+    """Stack packed samples into one micro-batch."""
+    stack = lambda name: torch.stack([torch.as_tensor(getattr(s, name)) for s in samples])  # noqa: E731
+    seq_length = len(samples[0].tokens)
+    return MicroBatch(
+        tokens=stack("tokens"),
+        labels=stack("labels"),
+        loss_mask=stack("loss_mask").float(),
+        position_ids=stack("position_ids"),
+        attention_mask=torch.stack([attention_mask(s.windows, seq_length) for s in samples]),
+    )
+
+
+def per_sequence_mean_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """mean over sequences of sum(loss * mask) / sum(mask): every sequence weighs the same."""
+    per_sequence = (token_loss * loss_mask).sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1.0)
+    return per_sequence.mean()
+
+
+def _loss_func(loss_mask: torch.Tensor, token_loss: torch.Tensor):
+    loss = per_sequence_mean_loss(token_loss.float(), loss_mask)
+    # clone: the schedule divides the returned loss in place by the number of micro-batches
+    return loss, {"loss": loss.detach().clone()}
+
+
+def glm_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
+    """forward_step_func for megatron-core schedules: every stage gets positions and the mask."""
+    batch = next(data_iterator)
+    token_loss = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
+    return token_loss, partial(_loss_func, batch.loss_mask)
+
+
+def wrap_for_training(chunks: List[torch.nn.Module], use_distributed_optimizer: bool = True) -> List[DistributedDataParallel]:
+    """megatron-core DDP around each chunk; gradients accumulate and reduce in fp32."""
+    config = chunks[0].config
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        use_distributed_optimizer=use_distributed_optimizer,
+        overlap_grad_reduce=False,
+    )
+    wrapped = [
+        DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=(index > 0))
+        for index, chunk in enumerate(chunks)
+    ]
+    config.finalize_model_grads_func = finalize_model_grads
+    return wrapped
+
+
+def build_optimizer(
+    model: List[DistributedDataParallel],
+    lr: float,
+    weight_decay: float = 0.1,
+    adam_beta2: float = 0.95,
+    clip_grad: float = 1.0,
+    use_distributed_optimizer: bool = True,
+):
+    """megatron-core Adam with decoupled weight decay (no decay on LayerNorm and biases)."""
+    config = model[0].config
+    optimizer_config = OptimizerConfig(
+        optimizer="adam",
+        lr=lr,
+        weight_decay=weight_decay,
+        adam_beta1=0.9,
+        adam_beta2=adam_beta2,
+        adam_eps=1e-8,
+        clip_grad=clip_grad,
+        fp16=config.fp16,
+        bf16=config.bf16,
+        params_dtype=config.params_dtype,
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(optimizer_config, model)
+    config.grad_scale_func = optimizer.scale_loss  # the schedules scale the loss (FP16 loss scaling)
+    return optimizer
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """Mean per-sequence loss over the global batch (the same value on every rank)."""
+    grad_norm: Optional[float]
+    update_successful: bool
+
+
+def _global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
+    """Average the last stage's micro-batch losses, over DP, and share the value with every rank."""
+    value = torch.zeros(1, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage() and losses:
+        value[0] = torch.stack([entry["loss"].double() for entry in losses]).mean()
+    if torch.cuda.is_available():
+        value = value.cuda()
+    torch.distributed.all_reduce(value, group=parallel_state.get_pipeline_model_parallel_group())
+    torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
+    return float(value.item()) / parallel_state.get_data_parallel_world_size()
+
+
+def train_step(
+    model: List[DistributedDataParallel],
+    optimizer,
+    micro_batches: Iterable[MicroBatch],
+    num_micro_batches: int,
+    micro_batch_size: int,
+    seq_length: int,
+) -> StepResult:
+    """One global batch (this DP rank's share) forward/backward and one optimizer step."""
+    micro_batches = list(micro_batches)
+    iterators = [iter(micro_batches) for _ in model]
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = get_forward_backward_func()(
+        forward_step_func=glm_forward_step,
+        data_iterator=iterators if len(model) > 1 else iterators[0],
+        model=model,
+        num_microbatches=num_micro_batches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    update_successful, grad_norm, _ = optimizer.step()
+    return StepResult(loss=_global_mean_loss(losses), grad_norm=grad_norm, update_successful=update_successful)
