@@ -79,7 +79,7 @@ class GLMModel(LanguageModule):
                 init_method=config.embedding_init_method,
                 bias=False,
                 skip_bias_add=False,
-                gather_output=not parallel_output,
+                gather_output=False,
                 skip_weight_param_allocation=pre_process,
                 tp_group=self.pg_collection.tp,
             )
@@ -121,6 +121,8 @@ class GLMModel(LanguageModule):
         if self.shrink_output_weight_gradient:
             output_weight = shrink_gradient(output_weight, self.grad_shrink_alpha)
         logits, _ = self.output_layer(hidden_states, weight=output_weight)
-        if labels is None:
-            return logits.transpose(0, 1).contiguous()
-        return self.compute_language_model_loss(labels, logits.float())
+        if labels is not None:  # the loss is computed vocab-parallel, never on gathered logits
+            return self.compute_language_model_loss(labels, logits.float())
+        if not self.parallel_output:
+            logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+        return logits.transpose(0, 1).contiguous()

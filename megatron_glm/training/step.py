@@ -130,6 +130,37 @@ def _global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
     return float(value.item()) / parallel_state.get_data_parallel_world_size()
 
 
+def _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, forward_only):
+    micro_batches = list(micro_batches)
+    iterators = [iter(micro_batches) for _ in model]
+    return get_forward_backward_func()(
+        forward_step_func=glm_forward_step,
+        data_iterator=iterators if len(model) > 1 else iterators[0],
+        model=model,
+        num_microbatches=num_micro_batches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def evaluate(
+    model: List[DistributedDataParallel],
+    micro_batches: Iterable[MicroBatch],
+    num_micro_batches: int,
+    micro_batch_size: int,
+    seq_length: int,
+) -> float:
+    """Mean per-sequence loss of a batch, forward only (validation)."""
+    for chunk in model:
+        chunk.eval()
+    with torch.no_grad():
+        losses = _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, True)
+    for chunk in model:
+        chunk.train()
+    return _global_mean_loss(losses)
+
+
 def train_step(
     model: List[DistributedDataParallel],
     optimizer,
@@ -139,19 +170,9 @@ def train_step(
     seq_length: int,
 ) -> StepResult:
     """One global batch (this DP rank's share) forward/backward and one optimizer step."""
-    micro_batches = list(micro_batches)
-    iterators = [iter(micro_batches) for _ in model]
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = get_forward_backward_func()(
-        forward_step_func=glm_forward_step,
-        data_iterator=iterators if len(model) > 1 else iterators[0],
-        model=model,
-        num_microbatches=num_micro_batches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
+    losses = _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, False)
     update_successful, grad_norm, _ = optimizer.step()
     return StepResult(loss=_global_mean_loss(losses), grad_norm=grad_norm, update_successful=update_successful)
