@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 
 # glm-tiny at TP2 x PP2 on 4 CPU processes (gloo), GLM objective on synthetic data.
 demo: setup
-	$(VENV)/bin/torchrun --standalone --nproc-per-node 4 -m megatron_glm.cli.train \
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc-per-node 4 -m megatron_glm.cli.train \
 		smoke glm-tiny parallel.tensor=2 parallel.pipeline=2 --steps 40
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.

@@ -66,8 +66,7 @@ class CudaToCpuMode(TorchFunctionMode):
                 return "torch.cuda." + name[len("torch."):]
             return name
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
-            # The default device: CPU, or "meta" inside `with torch.device("meta")` (model sizing).
-            kwargs["device"] = torch.get_default_device()
+            kwargs["device"] = _CPU
         if kwargs.get("pin_memory"):
             kwargs["pin_memory"] = False
         if func in _TENSOR_METHODS_WITH_DEVICE_ARG and len(args) > 1 and _is_cuda_device(args[1]):

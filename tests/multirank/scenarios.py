@@ -3,7 +3,7 @@
     scenarios.py init WORKDIR                 1 rank : glm-tiny weights (randomised biases/LNs too),
                                                        TP1 logits of every input, EGS gradients
     scenarios.py tp_equivalence WORKDIR       4 ranks: logits + gathered gradients at TP 1, 2, 4
-    scenarios.py train_layout WORKDIR NAME TP PP VPP FIRST LAST: 4 optimizer steps, same weights
+    scenarios.py train_layout WORKDIR NAME KEY=VALUE...: 4 optimizer steps from the same weights
 
 Inputs come from WORKDIR/inputs.pt (written by the test), results go to WORKDIR/*.pt / *.json.
 """
@@ -27,13 +27,8 @@ SEQ_LENGTH = 64
 TRAIN_STEPS = 4
 
 
-def _run_config(tp: int = 1, pp: int = 1, vpp=None, first=None, last=None):
-    null = lambda value: "null" if value is None else value  # noqa: E731
-    overrides = TINY_OVERRIDES + [f"parallel.tensor={tp}", f"parallel.pipeline={pp}",
-                                  f"parallel.virtual_pipeline={null(vpp)}",
-                                  f"parallel.first_stage_layers={null(first)}",
-                                  f"parallel.last_stage_layers={null(last)}"]
-    return load_run_config("glm-tiny", overrides)
+def _run_config(*overrides: str):
+    return load_run_config("glm-tiny", TINY_OVERRIDES + list(overrides))
 
 
 def _load_inputs(workdir: Path) -> List[Dict[str, torch.Tensor]]:
@@ -103,7 +98,7 @@ def tp_equivalence(workdir: Path) -> None:
     inputs = _load_inputs(workdir)
     world = discover_world()
     for tp in (1, 2, 4):
-        run = _run_config(tp=tp)
+        run = _run_config(f"parallel.tensor={tp}")
         initialize_distributed(run, world)
         model = build_model(run, parallel_output=False)
         load_full_state_dict(model, weights)
@@ -115,7 +110,7 @@ def tp_equivalence(workdir: Path) -> None:
     destroy_distributed()
 
 
-def train_layout(workdir: Path, name: str, tp: int, pp: int, vpp, first, last) -> None:
+def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     from megatron.core import parallel_state
 
     from megatron_glm.data.synthetic import synthetic_samples
@@ -123,7 +118,7 @@ def train_layout(workdir: Path, name: str, tp: int, pp: int, vpp, first, last) -
     from megatron_glm.model.tp_shard import load_full_state_dict
     from megatron_glm.training.step import build_optimizer, collate, evaluate, train_step, wrap_for_training
 
-    run = _run_config(tp=tp, pp=pp, vpp=vpp, first=first, last=last)
+    run = _run_config(*overrides)
     validate(run, world_size=discover_world().world_size)
     initialize_distributed(run, discover_world())
     chunks = build_model_chunks(run)
@@ -156,9 +151,7 @@ def main() -> None:
     elif scenario == "tp_equivalence":
         tp_equivalence(workdir)
     elif scenario == "train_layout":
-        name = sys.argv[3]
-        tp, pp, vpp, first, last = (None if a == "None" else int(a) for a in sys.argv[4:9])
-        train_layout(workdir, name, tp, pp, vpp, first, last)
+        train_layout(workdir, sys.argv[3], sys.argv[4:])
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 

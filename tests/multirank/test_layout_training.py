@@ -1,6 +1,7 @@
 """Four optimizer steps (DDP + DistributedOptimizer, Adam) from the same weights and data give the
 same losses at TP1xPP1xDP1, TP2xPP2xDP2 (8 ranks), TP1xPP4 with the interleaved schedule (virtual
-pipeline 2) and an uneven TP1xPP3 pipeline (2 / 4 / 2 layers)."""
+pipeline 2), an uneven TP1xPP3 pipeline (2 / 4 / 2 layers), and with full (TP2xDP1) or selective
+activation recompute."""
 
 import json
 
@@ -10,19 +11,22 @@ from multirank.harness import run_ranks
 
 pytestmark = pytest.mark.multirank
 
-LAYOUTS = {  # name: (ranks, tp, pp, virtual pipeline, first-stage layers, last-stage layers)
-    "tp1_pp1_dp1": (1, 1, 1, None, None, None),
-    "tp2_pp2_dp2": (8, 2, 2, None, None, None),
-    "tp1_pp4_vpp2": (4, 1, 4, 2, None, None),
-    "tp1_pp3_uneven": (3, 1, 3, None, 2, 2),
+LAYOUTS = {  # name: (ranks, config overrides)
+    "tp1_pp1_dp1": (1, []),
+    "tp2_pp2_dp2": (8, ["parallel.tensor=2", "parallel.pipeline=2"]),
+    "tp1_pp4_vpp2": (4, ["parallel.pipeline=4", "parallel.virtual_pipeline=2"]),
+    "tp1_pp3_uneven": (3, ["parallel.pipeline=3", "parallel.first_stage_layers=2",
+                           "parallel.last_stage_layers=2"]),
+    "tp2_full_recompute": (2, ["parallel.tensor=2", "recompute.granularity=full"]),
+    "tp1_selective_recompute": (1, ["recompute.granularity=selective"]),
 }
 
 
 @pytest.fixture(scope="module")
 def losses(tiny_workdir):
     results = {}
-    for name, (ranks, *layout) in LAYOUTS.items():
-        run_ranks("train_layout", ranks, tiny_workdir, name, *map(str, layout), timeout_s=400)
+    for name, (ranks, overrides) in LAYOUTS.items():
+        run_ranks("train_layout", ranks, tiny_workdir, name, *overrides, timeout_s=400)
         results[name] = json.loads((tiny_workdir / f"train_{name}.json").read_text())
     return results
 
@@ -34,7 +38,7 @@ def test_layouts_are_what_they_claim(losses):
     assert losses["tp1_pp3_uneven"]["rank0_layers"] == [2]
 
 
-@pytest.mark.parametrize("layout", ["tp2_pp2_dp2", "tp1_pp4_vpp2", "tp1_pp3_uneven"])
+@pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "tp1_pp1_dp1"])
 def test_losses_match_single_rank(losses, layout):
     reference = losses["tp1_pp1_dp1"]["losses"]
     ours = losses[layout]["losses"]

@@ -1,0 +1,59 @@
+"""The console scripts a user types."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_glm.config.loader import model_preset_names
+
+
+BIN = Path(sys.executable).parent  # the environment's console scripts, activated or not
+
+
+def _run(command, *args, timeout=180):
+    executable = command if "/" in command else str(BIN / command)
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_describe_glm130b_counts_the_built_model():
+    result = _run("glm-train", "describe", "glm-130b")
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert 128.0e9 <= described["params"] <= 129.5e9
+    assert described["params"] == 128_697_794_560  # 126.85 B in layers + 1.85 B embedding (§1.1)
+    for key in ("name", "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                "padded_vocab_size", "seq_length"):
+        assert key in described
+    assert result.stderr == ""  # quiet by default
+
+
+def test_every_preset_describes():
+    code = (
+        "import json\n"
+        "from megatron_glm.config.loader import load_run_config, model_preset_names\n"
+        "from megatron_glm.model.describe import describe\n"
+        "print(json.dumps({n: describe(load_run_config(n))['params'] for n in model_preset_names()}))\n"
+    )
+    result = _run(sys.executable, "-W", "ignore", "-c", code)
+    assert result.returncode == 0, result.stderr
+    params = json.loads(result.stdout)
+    assert set(params) == set(model_preset_names())
+    # The overview's nominal sizes, within 10%.
+    for name, nominal in {"glm-base": 110e6, "glm-large": 335e6, "glm-410m": 410e6, "glm-515m": 515e6,
+                          "glm-2b": 2e9, "glm-10b": 10e9}.items():
+        assert abs(params[name] - nominal) / nominal < 0.1, (name, params[name])
+
+
+def test_describe_explains_bad_input():
+    result = _run("glm-train", "describe", "glm-tiny", "model.num_heads=3")
+    assert result.returncode == 2
+    assert "unknown field 'model.num_heads'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["glm-prep", "glm-launch", "glm-ckpt", "glm-monitor"])
+def test_later_commands_say_they_are_not_available_yet(command):
+    result = _run(command)
+    assert result.returncode == 2 and "not available yet" in result.stderr

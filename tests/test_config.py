@@ -1,0 +1,104 @@
+"""Config loading, dotted overrides, presets and the validation messages users will read."""
+
+import pytest
+
+from megatron_glm.config.loader import ConfigError, load_run_config, model_preset_names, to_yaml
+from megatron_glm.config.validate import config_problems, validate
+
+PRESETS = ["glm-base", "glm-large", "glm-410m", "glm-515m", "glm-2b", "glm-10b", "glm-130b", "glm-tiny"]
+
+
+def test_all_overview_sizes_have_presets():
+    assert set(PRESETS) <= set(model_preset_names())
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_validates_and_names_its_source(name):
+    run = load_run_config(name)
+    validate(run)
+    assert run.model.name == name
+    assert run.model.source
+
+
+def test_glm130b_preset_is_the_paper_model():
+    model = load_run_config("glm-130b").model
+    assert (model.num_layers, model.hidden_size, model.num_attention_heads) == (70, 12288, 96)
+    assert model.resolved_ffn_hidden_size == 32768
+    assert model.vocab_size == 150008 and model.resolved_padded_vocab_size == 150528
+    assert model.seq_length == 2048 and model.head_dim == 128
+    assert model.embedding_init_std == 0.0052
+    assert model.embedding_grad_shrink.alpha == 0.1 and model.embedding_grad_shrink.apply_to_output_weight
+
+
+def test_dotted_overrides_are_typed():
+    run = load_run_config("glm-tiny", ["parallel.tensor=2", "model.hidden_dropout=0.1",
+                                       "model.embedding_grad_shrink.schedule=[[0, 0.1], [100, 1.0]]"])
+    assert run.parallel.tensor == 2 and run.model.hidden_dropout == 0.1
+    assert run.model.embedding_grad_shrink.schedule == [(0, 0.1), (100, 1.0)]
+
+
+def test_unknown_override_suggests_the_field():
+    with pytest.raises(ConfigError, match="did you mean 'hidden_size'"):
+        load_run_config("glm-tiny", ["model.hiden_size=64"])
+
+
+def test_wrong_type_is_reported():
+    with pytest.raises(ConfigError, match="'parallel.tensor' must be an integer"):
+        load_run_config("glm-tiny", ["parallel.tensor=two"])
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="glm-130b"):
+        load_run_config("glm-13b")
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: glm-tiny\nparallel:\n  tensor: 2\n  pipelin: 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_run_config(str(path))
+    assert f"{path}:4" in str(error.value) and "did you mean 'pipeline'" in str(error.value)
+
+
+def test_run_yaml_with_model_preset_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: glm-base\n  seq_length: 1024\nparallel:\n  tensor: 4\nprecision: bf16\n")
+    run = load_run_config(str(path))
+    assert run.model.hidden_size == 768 and run.model.seq_length == 1024
+    assert run.parallel.tensor == 4 and run.precision == "bf16"
+    assert "hidden_size: 768" in to_yaml(run)
+
+
+def test_heads_not_divisible_by_tp_suggests_divisors():
+    run = load_run_config("glm-130b", ["parallel.tensor=5"])
+    problems = "\n".join(config_problems(run))
+    assert "num_attention_heads=96 is not divisible by parallel.tensor=5" in problems
+    assert "1, 2, 3, 4, 6, 8" in problems
+
+
+def test_layers_not_divisible_by_pipeline():
+    run = load_run_config("glm-130b", ["parallel.pipeline=8"])
+    problems = "\n".join(config_problems(run))
+    assert "num_layers=70 is not divisible by parallel.pipeline=8" in problems
+    assert "first_stage_layers" in problems
+
+
+def test_glm130b_uneven_pipeline_is_valid():
+    """GLM-130B's own split: 8 layers on the first and last of 8 stages, 9 on the middle six."""
+    run = load_run_config("glm-130b", ["parallel.tensor=4", "parallel.pipeline=8",
+                                       "parallel.first_stage_layers=8", "parallel.last_stage_layers=8"])
+    assert config_problems(run, world_size=768) == []
+
+
+def test_world_size_must_divide():
+    run = load_run_config("glm-tiny", ["parallel.tensor=2", "parallel.pipeline=2"])
+    problems = "\n".join(config_problems(run, world_size=6))
+    assert "world size 6 is not divisible by parallel.tensor x parallel.pipeline = 4" in problems
+
+
+def test_all_problems_are_reported_at_once():
+    run = load_run_config("glm-tiny", ["parallel.tensor=3", "precision=fp8", "recompute.granularity=some"])
+    problems = config_problems(run)
+    assert len(problems) >= 3
+    with pytest.raises(ConfigError):
+        validate(run)
