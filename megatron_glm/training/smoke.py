@@ -39,7 +39,8 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
         losses.append(result.loss)
         if parallel_state.get_data_parallel_rank() == 0 and parallel_state.get_tensor_model_parallel_rank() == 0 \
                 and parallel_state.get_pipeline_model_parallel_rank() == 0:
-            print(json.dumps({"step": step + 1, "loss": round(result.loss, 5),
-                              "grad_norm": round(float(result.grad_norm), 5),
+            grad_norm = None if result.grad_norm is None else round(float(result.grad_norm), 5)
+            print(json.dumps({"step": step + 1, "loss": round(result.loss, 5), "grad_norm": grad_norm,
+                              "skipped": not result.update_successful,
                               "step_time_s": round(time.perf_counter() - started, 3)}), flush=True)
     return losses

@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 
 from megatron_glm.data.glm_sample import PackedSample, attention_mask
 
@@ -67,8 +68,14 @@ def glm_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module
 
 
 def wrap_for_training(chunks: List[torch.nn.Module], use_distributed_optimizer: bool = True) -> List[DistributedDataParallel]:
-    """megatron-core DDP around each chunk; gradients accumulate and reduce in fp32."""
+    """megatron-core DDP around each chunk; gradients accumulate and reduce in fp32.
+
+    FP16/BF16 chunks are first wrapped in megatron-core's Float16Module (every parameter, LayerNorms
+    included, in half precision, as GLM-130B's apex-O2-style training; fp32 logits out).
+    """
     config = chunks[0].config
+    if config.fp16 or config.bf16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         use_distributed_optimizer=use_distributed_optimizer,
@@ -104,6 +111,10 @@ def build_optimizer(
         bf16=config.bf16,
         params_dtype=config.params_dtype,
         use_distributed_optimizer=use_distributed_optimizer,
+        # Dynamic loss scaling as GLM-130B (GLM130B.md §3): start 2^16, hysteresis 2, floor 1.
+        initial_loss_scale=2.0**16,
+        min_loss_scale=1.0,
+        hysteresis=2,
     )
     optimizer = get_megatron_optimizer(optimizer_config, model)
     config.grad_scale_func = optimizer.scale_loss  # the schedules scale the loss (FP16 loss scaling)
@@ -115,6 +126,7 @@ class StepResult:
     loss: float
     """Mean per-sequence loss over the global batch (the same value on every rank)."""
     grad_norm: Optional[float]
+    """None when the step was skipped (FP16 overflow)."""
     update_successful: bool
 
 
