@@ -50,3 +50,14 @@ def test_embedding_gradient_shrink(tiny_workdir):
     # Input side only: 0.1 * g_in + g_out, far from both "no shrink" and "shrink everywhere".
     assert _relative_error(input_only[key], full[key].double()) > 1e-2
     assert _relative_error(input_only[key], both[key].double()) > 1e-2
+
+
+def test_sdpa_backend_equals_local_attention(tiny_workdir):
+    """torch SDPA with GLM's boolean mask reproduces the local FP32-softmax attention."""
+    sdpa = torch.load(tiny_workdir / "sdpa.pt")
+    local_logits = torch.load(tiny_workdir / "init_logits.pt")
+    for ours, reference in zip(sdpa["logits"], local_logits):
+        assert _relative_error(ours, reference.double()) < 1e-5
+    local_grads = torch.load(tiny_workdir / "egs_grads.pt")["alpha1"]
+    for name, grad in local_grads.items():
+        assert _relative_error(sdpa["grads"][name], grad.double()) < 1e-5, name

@@ -53,6 +53,9 @@ class ModelConfig:
     apply_query_key_layer_scaling: bool = True
     """Divide q by the layer number before QK^T and multiply back inside the FP32 softmax (cancels
     mathematically; keeps FP16 scores from overflowing, as GLM-130B trained)."""
+    attention_backend: str = "local"
+    """Core attention: "local" (megatron-core DotProductAttention: explicit fp32 scores and softmax)
+    or "sdpa" (torch scaled_dot_product_attention with the boolean mask: fused kernels on GPU)."""
     embedding_grad_shrink: EmbeddingGradShrinkConfig = field(default_factory=EmbeddingGradShrinkConfig)
     source: str = ""
     """Where the shapes come from (a paper table, a public config file)."""

@@ -14,6 +14,7 @@ from megatron_glm.config.schema import RunConfig
 PRECISIONS = ("fp32", "fp16", "bf16")
 RECOMPUTE_GRANULARITIES = ("none", "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
+ATTENTION_BACKENDS = ("local", "sdpa")
 
 
 def _divisors(n: int, limit: int = 12) -> str:
@@ -109,6 +110,10 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List
             problems.append(f"model.{name}={value} must be in [0, 1)")
     problems.extend(_embedding_grad_shrink_problems(config))
     problems.extend(_pipeline_problems(config))
+    if model.attention_backend not in ATTENTION_BACKENDS:
+        problems.append(
+            f"model.attention_backend={model.attention_backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
+        )
     if config.precision not in PRECISIONS:
         problems.append(f"precision={config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     rc = config.recompute

@@ -35,7 +35,7 @@ def build_model(
     config = config or build_transformer_config(run)
     return GLMModel(
         config=config,
-        transformer_layer_spec=glm_layer_spec(),
+        transformer_layer_spec=glm_layer_spec(run.model.attention_backend),
         padded_vocab_size=run.model.resolved_padded_vocab_size,
         max_sequence_length=run.model.seq_length,
         pre_process=pre_process,

@@ -3,7 +3,8 @@
 Attention is megatron-core's SelfAttention with the fused, per-head-interleaved QKV
 (ColumnParallelLinear, rows [head][q, k, v][d], the layout of GLM-130B's checkpoints) and the
 local DotProductAttention: an explicit boolean mask (True = masked, filled with -10000), scores
-scaled and softmaxed in FP32 (GLM130B.md §1.3). The mask type is `arbitrary` because GLM's masks
+scaled and softmaxed in FP32 (GLM130B.md §1.3) -- or, with attention_backend "sdpa", torch's fused
+scaled_dot_product_attention with the same mask. The mask type is `arbitrary` because GLM's masks
 are prefix-LM and block-diagonal, not causal: flash/causal kernels must not be used.
 """
 
@@ -21,6 +22,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayerSubmodul
 
 from megatron_glm.model.layer import DeepNormTransformerLayer
 from megatron_glm.model.mlp import GeGLUMLP
+from megatron_glm.model.sdpa_attention import SDPAttention
 
 try:  # apex's fused LayerNorm where the NVIDIA container has it; torch's LayerNorm otherwise.
     import apex  # noqa: F401  # pylint: disable=unused-import
@@ -29,7 +31,10 @@ except ImportError:
     LayerNormImpl = WrappedTorchNorm
 
 
-def glm_layer_spec() -> ModuleSpec:
+CORE_ATTENTION = {"local": DotProductAttention, "sdpa": SDPAttention}
+
+
+def glm_layer_spec(attention_backend: str = "local") -> ModuleSpec:
     """DeepNorm Post-LN layer: LN -> self-attention -> alpha-residual, LN -> GeGLU -> alpha-residual."""
     return ModuleSpec(
         module=DeepNormTransformerLayer,
@@ -40,7 +45,7 @@ def glm_layer_spec() -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.arbitrary},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=DotProductAttention,
+                    core_attention=CORE_ATTENTION[attention_backend],
                     linear_proj=RowParallelLinear,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,

@@ -6,6 +6,7 @@ the rotary base); everything else is megatron-core's own knobs set the way GLM-1
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional
 
@@ -28,6 +29,12 @@ class GLMTransformerConfig(TransformerConfig):
     deepnorm_residual_scale: float = 1.0
     """alpha = sqrt(2N): the residual is alpha * LN(h) (GLM130B.md §1.2)."""
     rotary_base: float = 10000.0
+
+
+def fused_softmax_available() -> bool:
+    """megatron-core's fused masked-softmax kernels are CUDA extensions shipped by apex (NVIDIA's
+    containers); without them the fusion flag would fail at the first forward."""
+    return torch.cuda.is_available() and importlib.util.find_spec("scaled_masked_softmax_cuda") is not None
 
 
 def build_transformer_config(run: RunConfig, use_cpu_initialization: Optional[bool] = None) -> GLMTransformerConfig:
@@ -69,7 +76,7 @@ def build_transformer_config(run: RunConfig, use_cpu_initialization: Optional[bo
         bias_activation_fusion=False,
         attention_softmax_in_fp32=True,
         apply_query_key_layer_scaling=model.apply_query_key_layer_scaling,
-        masked_softmax_fusion=on_gpu,
+        masked_softmax_fusion=fused_softmax_available(),
         bias_dropout_fusion=on_gpu,
         apply_rope_fusion=False,
         rotary_interleaved=False,

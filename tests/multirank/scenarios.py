@@ -85,6 +85,12 @@ def init(workdir: Path) -> None:
         model.shrink_output_weight_gradient = on_output
         grads[label] = _gradients(model, inputs)
     torch.save(grads, workdir / "egs_grads.pt")
+
+    model.grad_shrink_alpha, model.shrink_output_weight_gradient = 1.0, True
+    sdpa = build_model(_run_config("model.attention_backend=sdpa"), parallel_output=False)
+    sdpa.load_state_dict(model.state_dict())
+    torch.save({"logits": _forward_all(sdpa, inputs), "grads": _gradients(sdpa, inputs)},
+               workdir / "sdpa.pt")
     destroy_distributed()
 
 
