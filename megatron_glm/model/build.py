@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import torch
 from megatron.core import parallel_state
 
 from megatron_glm.config.schema import RunConfig
@@ -30,10 +31,15 @@ def build_model(
     vp_stage: Optional[int] = None,
     config: Optional[GLMTransformerConfig] = None,
     parallel_output: bool = True,
+    move_to_gpu: bool = True,
 ) -> GLMModel:
-    """One GLM model chunk. Pass `config` to share one TransformerConfig between chunks."""
+    """One GLM model chunk. Pass `config` to share one TransformerConfig between chunks.
+
+    On a GPU machine the chunk is moved to the current device: megatron-core allocates its linear
+    layers there, but torch's LayerNorm parameters start on the CPU.
+    """
     config = config or build_transformer_config(run)
-    return GLMModel(
+    model = GLMModel(
         config=config,
         transformer_layer_spec=glm_layer_spec(run.model.attention_backend),
         padded_vocab_size=run.model.resolved_padded_vocab_size,
@@ -45,6 +51,9 @@ def build_model(
         parallel_output=parallel_output,
         vp_stage=vp_stage,
     )
+    if move_to_gpu and torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
 
 
 def build_model_chunks(run: RunConfig, config: Optional[GLMTransformerConfig] = None) -> List[GLMModel]:

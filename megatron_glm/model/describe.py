@@ -42,7 +42,7 @@ def describe(run: RunConfig) -> Dict[str, Any]:
     with _single_process_groups(), torch.device("meta"):
         config = build_transformer_config(single, use_cpu_initialization=True)
         config.perform_initialization = False
-        model = build_model(single, config=config)
+        model = build_model(single, config=config, move_to_gpu=False)
         params = sum(p.numel() for p in model.parameters())
         embedding = model.embedding.word_embeddings.weight.numel()
         per_layer = sum(p.numel() for p in model.decoder.layers[0].parameters())
