@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from megatron_glm.runtime import cpu_backend
@@ -32,6 +33,9 @@ def test_single_process_default():
 def test_nodelist_expansion():
     assert expand_slurm_nodelist("a[1-3],b07,c[09-11,20]") == ["a1", "a2", "a3", "b07", "c09", "c10", "c11", "c20"]
     assert expand_slurm_nodelist("node001") == ["node001"]
+    assert expand_slurm_nodelist("r[1-2]n[01-02]") == ["r1n01", "r1n02", "r2n01", "r2n02"]
+    with pytest.raises(ValueError):
+        expand_slurm_nodelist("gpu[001-003")
 
 
 def test_backend_is_a_noop_when_cuda_is_available(monkeypatch):

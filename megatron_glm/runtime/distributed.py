@@ -33,24 +33,45 @@ class WorldInfo:
     launcher: str  # "torchrun", "slurm" or "single"
 
 
+def _split_top_level(text: str) -> List[str]:
+    """Split on commas that are not inside [...]."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        current.append(char)
+    parts.append("".join(current))
+    return [part for part in parts if part]
+
+
+def _expand_ranges(ranges: str) -> List[str]:
+    values = []
+    for part in ranges.split(","):
+        if "-" in part:
+            start, end = part.split("-", 1)
+            values.extend(f"{i:0{len(start)}d}" for i in range(int(start), int(end) + 1))
+        else:
+            values.append(part)
+    return values
+
+
+def _expand_host(pattern: str) -> List[str]:
+    match = re.search(r"\[([^\]]*)\]", pattern)
+    if not match:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end():]
+    return [head + value + rest for value in _expand_ranges(match.group(1)) for rest in _expand_host(tail)]
+
+
 def expand_slurm_nodelist(nodelist: str) -> List[str]:
-    """Expand Slurm's compressed host list: "gpu[001-003,7],login1" -> gpu001 gpu002 gpu003 gpu7 login1."""
-    hosts: List[str] = []
-    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?(?:,|$)", nodelist.strip()):
-        prefix, ranges = match.group(1), match.group(2)
-        if not prefix and not ranges:
-            continue
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            if "-" in part:
-                start, end = part.split("-", 1)
-                width = len(start)
-                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(start), int(end) + 1))
-            else:
-                hosts.append(f"{prefix}{part}")
-    return hosts
+    """Expand Slurm's compressed host list: "gpu[001-003,7],login1" -> gpu001 gpu002 gpu003 gpu7 login1
+    (several bracket groups per name, "r[1-2]n[01-02]", expand as a product, in Slurm's order)."""
+    if nodelist.count("[") != nodelist.count("]"):
+        raise ValueError(f"malformed Slurm node list {nodelist!r}")
+    return [host for pattern in _split_top_level(nodelist.strip()) for host in _expand_host(pattern)]
 
 
 def discover_world(env: Optional[Mapping[str, str]] = None) -> WorldInfo:
@@ -116,9 +137,11 @@ def initialize_distributed(
         pipeline_model_parallel_size=par.pipeline,
         virtual_pipeline_model_parallel_size=par.virtual_pipeline,
     )
-    # Same base seed everywhere; megatron derives the per-TP-rank and per-PP-rank streams from it.
-    torch.manual_seed(run.seed + 100 * parallel_state.get_pipeline_model_parallel_rank())
-    model_parallel_cuda_manual_seed(run.seed)
+    # Offset by pipeline stage (as Megatron-LM) so that stages do not initialise their different
+    # layers from one stream; megatron derives the per-TP-rank dropout/init streams from this seed.
+    seed = run.seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
     return world
 
 
