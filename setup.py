@@ -19,6 +19,8 @@ setup(
         "PyYAML>=6.0",
         "sentencepiece>=0.2",
         "psutil>=5.9",
+        "tqdm>=4.60",
+        "zstandard>=0.22",
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],

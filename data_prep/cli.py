@@ -1,11 +1,176 @@
-"""glm-prep: data preparation (Pile/WuDao/MIP to indexed datasets). Not implemented yet (issue #3); says so instead of failing obscurely."""
+"""glm-prep: raw corpora -> tokenizer and megatron-core indexed datasets for GLM pretraining.
 
+    glm-prep train-tokenizer --input FILES... --model-prefix OUT [--vocab-size 32000]
+    glm-prep tokenize --input FILES... --output-prefix OUT --tokenizer-model M.model [--workers N]
+                      [--format pile|wudao|mip|jsonl] [--shard i/n] [--max-error-rate 0.05]
+    glm-prep merge --input PREFIXES_OR_GLOBS... --output-prefix OUT
+    glm-prep inspect --data-prefix P --tokenizer-model M.model [--kind mask|gmask|mip] [--samples 2]
+
+Options shared with Megatron-LM's tools/preprocess_data.py keep their names (--input,
+--output-prefix, --tokenizer-model, --workers, --append-eod, --json-key). Each input file's format
+is guessed from its name unless --format is given; the guess is logged. Exit codes: 0 done,
+2 bad arguments or unreadable input, 3 too many bad records (nothing published).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
 import sys
+from typing import List, Optional
+
+from megatron_glm.runtime.logs import configure_logging
+
+log = logging.getLogger("glm-prep")
 
 
-def main() -> int:
-    print("glm-prep is not available yet: data preparation (Pile/WuDao/MIP to indexed datasets) lands with issue #3.", file=sys.stderr)
-    return 2
+def _shard(text: str):
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/8") from error
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def _tokenizer(args):
+    from megatron_glm.data.tokenizer import GLMTokenizer, parse_special_ids
+
+    return GLMTokenizer(args.tokenizer_model, parse_special_ids(args.special_token_ids or ""))
+
+
+def _reader_options(args) -> dict:
+    return {"json_key": args.json_key, "mip_keys": tuple(args.mip_keys.split(","))}
+
+
+def _train_tokenizer(args) -> int:
+    from data_prep.tokenize import expand_inputs
+    from data_prep.tokenizer_training import train_tokenizer
+
+    summary = train_tokenizer(expand_inputs(args.input), args.model_prefix, vocab_size=args.vocab_size,
+                              sample_bytes=int(args.sample_mb * (1 << 20)), fmt=args.format,
+                              character_coverage=args.character_coverage, threads=args.workers,
+                              reader_options=_reader_options(args), verbose=args.verbose)
+    print(json.dumps(summary))
+    return 0
+
+
+def _tokenize(args) -> int:
+    from data_prep.tokenize import TokenizeOptions, tokenize
+
+    options = TokenizeOptions(
+        inputs=args.input, output_prefix=args.output_prefix, fmt=args.format, json_key=args.json_key,
+        mip_keys=tuple(args.mip_keys.split(",")), include_subsets=args.include_subsets,
+        exclude_subsets=args.exclude_subsets, append_eod=args.append_eod, workers=args.workers,
+        max_error_rate=args.max_error_rate, shard=args.shard, progress=not args.quiet,
+    )
+    stats = tokenize(options, _tokenizer(args))
+    files = stats.pop("files")
+    for path, report in files.items():
+        for skip in report["skips"][:5]:
+            log.warning("%s:%s skipped: %s", path, skip["location"], skip["reason"])
+        if report["skipped"] > 5:
+            log.warning("%s: %d records skipped in all (see %s.stats.json)", path, report["skipped"],
+                        args.output_prefix)
+    print(json.dumps(stats))
+    return 0
+
+
+def _merge(args) -> int:
+    from data_prep.indexed_writer import list_shard_prefixes, merge_datasets
+
+    prefixes = [p for p in list_shard_prefixes(args.input) if os.path.abspath(p) != os.path.abspath(args.output_prefix)]
+    for prefix in prefixes:
+        if not (os.path.isfile(f"{prefix}.idx") and os.path.isfile(f"{prefix}.bin")):
+            raise FileNotFoundError(f"{prefix}: no complete .bin/.idx pair to merge")
+    print(json.dumps(merge_datasets(prefixes, args.output_prefix)))
+    return 0
+
+
+def _inspect(args) -> int:
+    from data_prep.inspect_samples import inspect
+
+    print(inspect(args.data_prefix, _tokenizer(args), kind=args.kind, samples=args.samples, seed=args.seed,
+                  seq_length=args.seq_length))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-prep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub, tokenizer=True, reading=True):
+        sub.add_argument("--verbose", action="store_true", help="debug logs, sentencepiece's own logs")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
+        if tokenizer:
+            sub.add_argument("--tokenizer-model", required=True, help="sentencepiece .model file")
+            sub.add_argument("--special-token-ids", default="",
+                             help="ids for a model without GLM's specials, e.g. mask=150000,gmask=150001,"
+                                  "smask=150002,eod=150003,sop=150004,eop=150005,pad=0")
+        if reading:
+            sub.add_argument("--input", nargs="+", required=True, help="input files or globs")
+            sub.add_argument("--format", choices=("pile", "wudao", "mip", "jsonl"),
+                             help="input format (default: guessed from each file name)")
+            sub.add_argument("--json-key", default="text", help="text field of pile/jsonl records")
+            sub.add_argument("--mip-keys", default="inputs,targets", help="text,target fields of mip records")
+            sub.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding threads")
+
+    train = commands.add_parser("train-tokenizer", help="train a bilingual sentencepiece model")
+    common(train, tokenizer=False)
+    train.add_argument("--model-prefix", required=True, help="writes PREFIX.model")
+    train.add_argument("--vocab-size", type=int, default=32000)
+    train.add_argument("--sample-mb", type=float, default=200.0, help="text sampled for training, MB")
+    train.add_argument("--character-coverage", type=float, default=0.9995)
+    train.set_defaults(handler=_train_tokenizer)
+
+    tok = commands.add_parser("tokenize", help="write a megatron-core indexed dataset")
+    common(tok)
+    tok.add_argument("--output-prefix", required=True, help="writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json")
+    tok.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
+                     help="end every text document with eod (default: yes)")
+    tok.add_argument("--include-subsets", nargs="+", help="pile: keep only these meta.pile_set_name values")
+    tok.add_argument("--exclude-subsets", nargs="+", help="pile: drop these meta.pile_set_name values")
+    tok.add_argument("--max-error-rate", type=float, default=0.05,
+                     help="fail (publishing nothing) when more than this share of records is bad")
+    tok.add_argument("--shard", type=_shard, help="i/n: process every n-th input file from the i-th")
+    tok.set_defaults(handler=_tokenize)
+
+    merge = commands.add_parser("merge", help="concatenate indexed datasets (e.g. shards)")
+    merge.add_argument("--input", nargs="+", required=True, help="prefixes or globs of prefixes")
+    merge.add_argument("--output-prefix", required=True)
+    merge.add_argument("--verbose", action="store_true")
+    merge.add_argument("--quiet", action="store_true")
+    merge.set_defaults(handler=_merge)
+
+    ins = commands.add_parser("inspect", help="print training samples as the model sees them")
+    common(ins, reading=False)
+    ins.add_argument("--data-prefix", required=True)
+    ins.add_argument("--kind", choices=("mask", "gmask", "mip"), default="mask")
+    ins.add_argument("--samples", type=int, default=1)
+    ins.add_argument("--seq-length", type=int, default=2048)
+    ins.add_argument("--seed", type=int, default=0)
+    ins.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("glm-prep", verbose=args.verbose, quiet=args.quiet)
+    from data_prep.tokenize import PrepError
+    from megatron_glm.data.tokenizer import TokenizerError
+
+    try:
+        return args.handler(args)
+    except PrepError as error:
+        print(f"glm-prep: {error}", file=sys.stderr)
+        return error.exit_code
+    except (TokenizerError, ValueError, FileNotFoundError, OSError) as error:
+        print(f"glm-prep: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

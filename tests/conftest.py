@@ -1,9 +1,11 @@
-"""Shared fixtures: one set of glm-tiny weights and inputs per session, made by a 1-rank run."""
+"""Shared fixtures: glm-tiny weights and inputs (one 1-rank run), the demo tokenizer and datasets."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
 import pytest
+import torch
 
 from glm_inputs import build_inputs
 from multirank.harness import run_ranks
@@ -17,3 +19,32 @@ def tiny_workdir(tmp_path_factory):
     torch.save(inputs, workdir / "inputs.pt")
     run_ranks("init", 1, workdir, timeout_s=240)
     return workdir
+
+
+DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data_prep" / "demo_corpus"
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(tmp_path_factory):
+    """A small bilingual sentencepiece model trained on the bundled demo corpus (vocab 2000)."""
+    from data_prep.tokenizer_training import train_tokenizer
+    from megatron_glm.data.tokenizer import GLMTokenizer
+
+    prefix = tmp_path_factory.mktemp("tokenizer") / "demo"
+    train_tokenizer([str(DEMO_CORPUS / "pile-demo.jsonl.zst"), str(DEMO_CORPUS / "wudao-demo.json")],
+                    str(prefix), vocab_size=2000, sample_bytes=1 << 20, threads=2)
+    return GLMTokenizer(f"{prefix}.model")
+
+
+@pytest.fixture(scope="session")
+def demo_datasets(tmp_path_factory, demo_tokenizer):
+    """The demo corpus tokenised: {"pile": prefix, "wudao": prefix, "mip": prefix}."""
+    from data_prep.tokenize import TokenizeOptions, tokenize
+
+    out = tmp_path_factory.mktemp("prepared")
+    prefixes = {}
+    for name, file in (("pile", "pile-demo.jsonl.zst"), ("wudao", "wudao-demo.json"), ("mip", "mip-demo.jsonl")):
+        prefixes[name] = str(out / name)
+        tokenize(TokenizeOptions(inputs=[str(DEMO_CORPUS / file)], output_prefix=prefixes[name], workers=2,
+                                 progress=False), demo_tokenizer)
+    return prefixes

@@ -53,7 +53,7 @@ def test_describe_explains_bad_input():
     assert "unknown field 'model.num_heads'" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["glm-prep", "glm-launch", "glm-ckpt", "glm-monitor"])
+@pytest.mark.parametrize("command", ["glm-launch", "glm-ckpt", "glm-monitor"])
 def test_later_commands_say_they_are_not_available_yet(command):
     result = _run(command)
     assert result.returncode == 2 and "not available yet" in result.stderr

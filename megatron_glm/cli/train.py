@@ -11,27 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import warnings
 from typing import List, Optional
 
 from megatron_glm.config.loader import ConfigError, load_run_config
-
-
-def _quiet_third_party(verbose: bool) -> None:
-    """Silence third-party warnings that say nothing actionable (absent apex/TE, deprecations)."""
-    if verbose:
-        return
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r".*cuda_graph_scope.*|.*full scope is deprecated.*")
-    # megatron's pipeline schedules read .grad of non-leaf activations by design.
-    warnings.filterwarnings("ignore", message=r".*\.grad attribute of a Tensor that is not a leaf.*")
-    # The launcher sets CUDA_DEVICE_MAX_CONNECTIONS where it matters (GPUs); on CPU it is noise.
-    warnings.filterwarnings("ignore", message=r".*CUDA_DEVICE_MAX_CONNECTIONS.*")
-    logging.getLogger("megatron").setLevel(logging.ERROR)
+from megatron_glm.runtime.logs import configure_logging
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -88,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_third_party(args.verbose)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("glm-train", verbose=args.verbose)
     try:
         return args.handler(args)
     except ConfigError as error:

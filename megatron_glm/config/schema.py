@@ -109,12 +109,40 @@ class RecomputeConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One text corpus written by `glm-prep tokenize` (a .bin/.idx prefix)."""
+
+    prefix: str = ""
+    weight: float = 1.0
+    """Relative share of the text sequences (the instruction share is taken off the top)."""
+
+
+@dataclass
+class DataConfig:
+    """Training data: tokenizer, text sources by weight, MIP at a fixed share of sequences."""
+
+    tokenizer_model: str = ""
+    special_token_ids: str = ""
+    """For tokenizer models without GLM's specials, e.g. "mask=150000,gmask=150001,..."."""
+    sources: List[DataSourceConfig] = field(default_factory=list)
+    instruction_prefix: str = ""
+    """MIP examples written by `glm-prep tokenize --format mip` (empty: no MIP)."""
+    instruction_ratio: float = 0.05
+    split: str = "949,50,1"
+    cache_dir: str = ""
+    """Where megatron-core caches sample indices (default: next to the run)."""
+    reproduce_window_overflow: bool = False
+    """Reproduce LargeScale's truncated [MASK] windows (GLM130B.md §2.3) instead of keeping every target."""
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; loaded from YAML, overridden with dotted keys, validated once."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     precision: str = "fp32"
     """fp32 (tests), fp16 (GLM-130B: dynamic loss scaling, FP32 softmax) or bf16."""
     seed: int = 1234

@@ -1,0 +1,289 @@
+"""`glm-prep tokenize`: raw corpora -> one megatron-core indexed dataset, fast and streaming.
+
+Pipeline: the main thread reads and parses documents (readers.py) into batches of a few MB while a
+second thread encodes the previous batch with sentencepiece's native batch encoder (its threads run
+without the GIL) and appends it to the writer with vectorised numpy. Memory is bounded by two
+batches; nothing is pickled between processes.
+
+Documents: pile/wudao/jsonl text -> one sequence `tokens + [eod]` (eod optional); an instruction
+example (mip) -> two sequences, text and target, so the sample builder can recover both.
+Bad records are skipped and reported per file with line/record; `max_error_rate` turns too many
+into a failure that publishes nothing. Sharding (`shard=(i, n)`) takes every n-th input file
+starting at i (inputs sorted), so n machines split a corpus without coordination.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data_prep.indexed_writer import IndexedDatasetWriter, token_dtype
+from data_prep.readers import Document, Skip, UnreadableInput, guess_format, read_documents
+from megatron_glm.data.tokenizer import GLMTokenizer
+
+log = logging.getLogger("glm-prep")
+
+BATCH_BYTES = 4 << 20
+MAX_REPORTED_SKIPS = 100
+
+
+class PrepError(RuntimeError):
+    """A tokenisation job that must stop; the message says why and what to change."""
+
+    exit_code = 2
+
+
+class TooManyBadRecords(PrepError):
+    """More bad records than --max-error-rate allows; nothing was published."""
+
+    exit_code = 3
+
+
+@dataclass
+class TokenizeOptions:
+    inputs: Sequence[str]
+    output_prefix: str
+    fmt: Optional[str] = None
+    json_key: str = "text"
+    mip_keys: Tuple[str, str] = ("inputs", "targets")
+    include_subsets: Optional[Sequence[str]] = None
+    exclude_subsets: Optional[Sequence[str]] = None
+    append_eod: bool = True
+    workers: int = max(1, os.cpu_count() or 1)
+    max_error_rate: float = 0.05
+    shard: Optional[Tuple[int, int]] = None
+    progress: bool = True
+
+
+@dataclass
+class FileReport:
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    filtered: int = 0
+    skips: List[dict] = field(default_factory=list)
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Files named or matched by globs, sorted and de-duplicated; unmatched globs are an error."""
+    files: List[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise PrepError(f"--input {pattern!r} matches no file")
+        files.extend(matches)
+    return sorted(dict.fromkeys(files))
+
+
+def select_shard(files: Sequence[str], shard: Optional[Tuple[int, int]]) -> List[str]:
+    if shard is None:
+        return list(files)
+    index, count = shard
+    if not 0 <= index < count:
+        raise PrepError(f"--shard {index}/{count}: the index must be in [0, {count})")
+    return list(files[index::count])
+
+
+def _check_readable(files: Sequence[str]) -> None:
+    for path in files:
+        if os.path.isdir(path):
+            raise PrepError(f"{path}: is a directory, expected a file (use a glob such as {path}/*.jsonl.zst)")
+        if not os.access(path, os.R_OK):
+            raise PrepError(f"{path}: cannot read this input file (missing or no permission)")
+
+
+class _Batch:
+    """Parsed documents waiting for encoding."""
+
+    def __init__(self, instruction: bool):
+        self.instruction = instruction
+        self.texts: List[str] = []
+        self.targets: List[str] = []
+        self.sources: List[str] = []
+        self.bytes = 0
+
+    def add(self, document: Document) -> None:
+        self.texts.append(document.text)
+        self.sources.append(document.source)
+        self.bytes += len(document.text)
+        if self.instruction:
+            self.targets.append(document.target or "")
+            self.bytes += len(document.target or "")
+
+
+def _flatten(ids: List[List[int]], dtype: np.dtype, eod: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (flat tokens, per-document lengths), eod appended to each when given."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    if eod is None:
+        return flat, lengths
+    lengths_with_eod = lengths + 1
+    ends = np.cumsum(lengths_with_eod)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=dtype)
+    is_eod = np.zeros(len(out), dtype=bool)
+    is_eod[ends - 1] = True
+    out[is_eod] = eod
+    out[~is_eod] = flat
+    return out, lengths_with_eod
+
+
+class _Encoder:
+    """Encodes one batch and appends it to the writer (runs on the encoding thread)."""
+
+    def __init__(self, tokenizer: GLMTokenizer, writer: IndexedDatasetWriter, options: TokenizeOptions,
+                 reports: Dict[str, FileReport]):
+        self.tokenizer, self.writer, self.options, self.reports = tokenizer, writer, options, reports
+        self.dtype = writer.dtype
+
+    def __call__(self, batch: _Batch) -> int:
+        threads = self.options.workers
+        text_ids = self.tokenizer.encode_batch(batch.texts, num_threads=threads)
+        if batch.instruction:
+            target_ids = self.tokenizer.encode_batch(batch.targets, num_threads=threads)
+            interleaved = [seq for pair in zip(text_ids, target_ids) for seq in pair]
+            tokens, sequence_lengths = _flatten(interleaved, self.dtype, None)
+            per_document = np.full(len(text_ids), 2, dtype=np.int64)
+            document_tokens = sequence_lengths[0::2] + sequence_lengths[1::2]
+        else:
+            eod = self.tokenizer.special.eod if self.options.append_eod else None
+            tokens, sequence_lengths = _flatten(text_ids, self.dtype, eod)
+            per_document = np.ones(len(text_ids), dtype=np.int64)
+            document_tokens = sequence_lengths
+        self.writer.add_documents(tokens, sequence_lengths, per_document)
+        for source, count in zip(batch.sources, document_tokens.tolist()):
+            self.reports[source].tokens += count
+        return len(tokens)
+
+
+def tokenize(options: TokenizeOptions, tokenizer: GLMTokenizer) -> dict:
+    """Run the job; returns the stats also written to <output_prefix>.stats.json."""
+    files = select_shard(expand_inputs(options.inputs), options.shard)
+    if not files:
+        raise PrepError(f"shard {options.shard} of {len(expand_inputs(options.inputs))} input files is empty")
+    _check_readable(files)
+    formats = {path: options.fmt or guess_format(path) for path in files}
+    instruction = {fmt == "mip" for fmt in formats.values()}
+    if len(instruction) != 1:
+        raise PrepError("instruction (mip) and text inputs go to separate outputs: run glm-prep twice")
+    instruction_data = instruction.pop()
+    for path, fmt in formats.items():
+        log.info("%s: format %s%s", path, fmt, "" if options.fmt else " (guessed from the file name)")
+
+    writer = IndexedDatasetWriter(options.output_prefix, token_dtype(tokenizer.vocab_size))
+    reports = {path: FileReport(bytes=os.path.getsize(path)) for path in files}
+    encoder = _Encoder(tokenizer, writer, options, reports)
+    started = time.perf_counter()
+    progress = _progress(options)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Optional[Future] = None
+            batch = _Batch(instruction_data)
+            for path in files:
+                counters = {"filtered": 0}
+                for item in read_documents(path, formats[path], json_key=options.json_key,
+                                           mip_keys=options.mip_keys, include_subsets=options.include_subsets,
+                                           exclude_subsets=options.exclude_subsets, counters=counters):
+                    report = reports[path]
+                    if isinstance(item, Skip):
+                        report.skipped += 1
+                        if len(report.skips) < MAX_REPORTED_SKIPS:
+                            report.skips.append({"location": item.location, "reason": item.reason})
+                        if report.skipped % 1000 == 0:
+                            _check_error_rate(reports, options.max_error_rate, min_seen=100_000)
+                        continue
+                    report.documents += 1
+                    batch.add(item)
+                    if batch.bytes >= BATCH_BYTES:
+                        pending = _hand_over(pool, pending, encoder, batch, progress)
+                        batch = _Batch(instruction_data)
+                reports[path].filtered = counters["filtered"]
+                _check_error_rate(reports, options.max_error_rate)
+            if batch.texts:
+                pending = _hand_over(pool, pending, encoder, batch, progress)
+            if pending is not None:
+                pending.result()
+        writer.finish()
+    except UnreadableInput as error:
+        writer.abort()
+        raise PrepError(str(error)) from error
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    stats = _stats(options, tokenizer, writer, reports, instruction_data, time.perf_counter() - started)
+    _write_json_atomically(f"{options.output_prefix}.stats.json", stats)
+    return stats
+
+
+def _hand_over(pool, pending, encoder, batch, progress):
+    """Wait for the previous batch's encoding, then start this one (parse and encode overlap)."""
+    if pending is not None:
+        pending.result()
+    future = pool.submit(encoder, batch)
+    if progress is not None:
+        future.add_done_callback(lambda f, n=len(batch.texts): progress.update(n))
+    return future
+
+
+def _progress(options: TokenizeOptions):
+    if not options.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" docs", desc=Path(options.output_prefix).name, mininterval=1.0)
+
+
+def _check_error_rate(reports: Dict[str, FileReport], max_rate: float, min_seen: int = 1) -> None:
+    """Fail when the share of skipped records exceeds max_rate (mid-file only after min_seen
+    records, so that a bad first line does not stop a long file)."""
+    skipped = sum(r.skipped for r in reports.values())
+    seen = skipped + sum(r.documents for r in reports.values())
+    if seen >= min_seen and skipped / seen > max_rate:
+        worst = max(reports.items(), key=lambda item: item[1].skipped)
+        example = worst[1].skips[0] if worst[1].skips else {}
+        raise TooManyBadRecords(
+            f"{skipped} of {seen} records skipped ({skipped / seen:.1%} > --max-error-rate {max_rate:.1%}); "
+            f"most in {worst[0]} (e.g. line/record {example.get('location')}: {example.get('reason')}). "
+            "Nothing was published. Fix the input or raise --max-error-rate."
+        )
+
+
+def _stats(options, tokenizer, writer, reports, instruction_data, seconds) -> dict:
+    return {
+        "output_prefix": options.output_prefix,
+        "kind": "instruction" if instruction_data else "text",
+        "documents": writer.documents,
+        "sequences": writer.sequences,
+        "tokens": writer.tokens,
+        "input_bytes": sum(r.bytes for r in reports.values()),
+        "skipped": sum(r.skipped for r in reports.values()),
+        "filtered": sum(r.filtered for r in reports.values()),
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(writer.tokens / seconds, 1) if seconds > 0 else None,
+        "dtype": str(writer.dtype),
+        "append_eod": options.append_eod and not instruction_data,
+        "shard": list(options.shard) if options.shard else None,
+        "tokenizer": {"model": tokenizer.model_file, "vocab_size": tokenizer.vocab_size,
+                      "special_ids": tokenizer.special.as_dict()},
+        "files": {path: vars(report) for path, report in reports.items()},
+    }
+
+
+def _write_json_atomically(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
