@@ -16,14 +16,28 @@ $(VENV)/.installed: setup.py requirements/cpu.txt requirements/test.txt
 
 setup: $(VENV)/.installed
 
-# glm-tiny at TP2 x PP2 on 4 CPU processes (gloo), GLM objective on synthetic data.
-demo: setup
+DEMO_DATA := runs/demo/data
+CORPUS := data_prep/demo_corpus
+
+# The bundled bilingual corpus -> tokenizer -> indexed datasets (glm-prep), then glm-tiny at
+# TP2 x PP2 on 4 CPU processes (gloo) on the blended [MASK]/[gMASK]/MIP stream (run preset tiny-cpu).
+$(DEMO_DATA)/mip.idx: setup $(wildcard $(CORPUS)/*)
+	$(VENV)/bin/glm-prep train-tokenizer --quiet --input $(CORPUS)/pile-demo.jsonl.zst \
+		$(CORPUS)/wudao-demo.json --model-prefix $(DEMO_DATA)/tokenizer --vocab-size 4000 --sample-mb 4
+	$(VENV)/bin/glm-prep tokenize --quiet --input $(CORPUS)/pile-demo.jsonl.zst \
+		--output-prefix $(DEMO_DATA)/pile --tokenizer-model $(DEMO_DATA)/tokenizer.model
+	$(VENV)/bin/glm-prep tokenize --quiet --input $(CORPUS)/wudao-demo.json \
+		--output-prefix $(DEMO_DATA)/wudao --tokenizer-model $(DEMO_DATA)/tokenizer.model
+	$(VENV)/bin/glm-prep tokenize --quiet --input $(CORPUS)/mip-demo.jsonl \
+		--output-prefix $(DEMO_DATA)/mip --tokenizer-model $(DEMO_DATA)/tokenizer.model
+
+demo: setup $(DEMO_DATA)/mip.idx
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc-per-node 4 -m megatron_glm.cli.train \
-		smoke glm-tiny parallel.tensor=2 parallel.pipeline=2 --steps 40
+		smoke tiny-cpu --steps 60
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup
 	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) runs/demo

@@ -13,16 +13,11 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_glm.data.glm_sample import PackedSample, SpecialTokens
-from megatron_glm.data.sampling import GLMObjectiveConfig, gmask_sequence, instruction_sequence, mask_sequence
+from megatron_glm.data.datasets import objective_for_length
+from megatron_glm.data.sampling import gmask_sequence, instruction_sequence, mask_sequence
 from megatron_glm.data.tokenizer import GLMTokenizer
 
 PREVIEW_CHARS = 600
-
-
-def objective_for(seq_length: int) -> GLMObjectiveConfig:
-    """GLM-130B's mix scaled to another sequence length (2000 of 2048 tokens are raw text)."""
-    row = seq_length * 2000 // 2048
-    return GLMObjectiveConfig(seq_length=seq_length, row_length=row - row % 4)
 
 
 def _short(text: str) -> str:
@@ -70,7 +65,7 @@ def inspect(prefix: str, tokenizer: GLMTokenizer, kind: str = "mask", samples: i
     dataset = IndexedDataset(prefix)
     special = SpecialTokens(mask=tokenizer.special.mask, gmask=tokenizer.special.gmask,
                             sop=tokenizer.special.sop, eop=tokenizer.special.eop, pad=tokenizer.special.pad)
-    objective = objective_for(seq_length)
+    objective = objective_for_length(seq_length)
     rng = np.random.default_rng(seed)
     out = []
     documents = len(dataset.document_indices) - 1

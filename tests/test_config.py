@@ -102,3 +102,11 @@ def test_all_problems_are_reported_at_once():
     assert len(problems) >= 3
     with pytest.raises(ConfigError):
         validate(run)
+
+
+def test_missing_data_is_reported_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # tiny-cpu's paths are relative; nothing is prepared here
+    problems = "\n".join(config_problems(load_run_config("tiny-cpu"), world_size=4))
+    assert "data.tokenizer_model=runs/demo/data/tokenizer.model: no such file" in problems
+    assert "data.sources[0].prefix=runs/demo/data/pile: missing runs/demo/data/pile.bin" in problems
+    assert "glm-prep tokenize" in problems

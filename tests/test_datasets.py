@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_glm.data.datasets import GLMDataset, GLMDatasetConfig, blend_weights, build_glm_datasets
+from megatron_glm.data.datasets import (
+    GLMDataset,
+    GLMDatasetConfig,
+    blend_weights,
+    build_glm_datasets,
+    objective_for_length,
+)
 from megatron_glm.data.glm_sample import SpecialTokens
-from megatron_glm.data.sampling import GLMObjectiveConfig
 
 SEQ = 512
 WEIGHTS = {"pile": 0.6, "wudao": 0.4}
@@ -21,7 +26,7 @@ def _config(demo_tokenizer, demo_datasets, cache_dir, seed=1234, ratio=0.05):
         path_to_cache=str(cache_dir),
         special=SpecialTokens(mask=special.mask, gmask=special.gmask, sop=special.sop, eop=special.eop,
                               pad=special.pad),
-        objective=GLMObjectiveConfig(seq_length=SEQ, row_length=SEQ * 2000 // 2048 // 4 * 4),
+        objective=objective_for_length(SEQ),
         instruction_prefixes=(demo_datasets["mip"],),
     )
 

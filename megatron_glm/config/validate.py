@@ -6,6 +6,7 @@ Every problem is collected (not just the first) and each message says what to ch
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 from megatron_glm.config.loader import ConfigError
@@ -110,6 +111,7 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List
             problems.append(f"model.{name}={value} must be in [0, 1)")
     problems.extend(_embedding_grad_shrink_problems(config))
     problems.extend(_pipeline_problems(config))
+    problems.extend(_data_problems(config))
     if model.attention_backend not in ATTENTION_BACKENDS:
         problems.append(
             f"model.attention_backend={model.attention_backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
@@ -136,6 +138,31 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List
                 f"{par.data * model_parallel}, but the world size is {world_size}; "
                 f"set parallel.data={world_size // model_parallel} or null"
             )
+    return problems
+
+
+def _data_problems(config: RunConfig) -> List[str]:
+    """Data paths must exist before any process starts (checked on the launching machine)."""
+    data = config.data
+    problems: List[str] = []
+    if not data.sources and not data.instruction_prefix:
+        return problems
+    if not data.tokenizer_model:
+        problems.append("data.tokenizer_model is empty; point it at the .model glm-prep trained or used")
+    elif not os.path.isfile(data.tokenizer_model):
+        problems.append(f"data.tokenizer_model={data.tokenizer_model}: no such file")
+    named = [(f"data.sources[{i}].prefix", s.prefix) for i, s in enumerate(data.sources)]
+    if data.instruction_prefix:
+        named.append(("data.instruction_prefix", data.instruction_prefix))
+    for field_name, prefix in named:
+        missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+        if missing:
+            problems.append(f"{field_name}={prefix}: missing {' and '.join(prefix + e for e in missing)}; "
+                            "write it with glm-prep tokenize --output-prefix")
+    if any(s.weight <= 0 for s in data.sources):
+        problems.append("data.sources weights must be > 0")
+    if not 0.0 <= data.instruction_ratio < 1.0:
+        problems.append(f"data.instruction_ratio={data.instruction_ratio} must be in [0, 1)")
     return problems
 
 

@@ -200,6 +200,28 @@ def blend_weights(text_prefixes: Sequence[str], text_weights: Sequence[float],
     return prefixes, weights
 
 
+def objective_for_length(seq_length: int, reproduce_window_overflow: bool = False) -> GLMObjectiveConfig:
+    """GLM-130B's mix at another sequence length: 2000 of every 2048 tokens are raw text."""
+    row = seq_length * 2000 // 2048
+    return GLMObjectiveConfig(seq_length=seq_length, row_length=row - row % 4,
+                              reproduce_window_overflow=reproduce_window_overflow)
+
+
+def glm_dataset_config(run, special_ids, cache_dir: str) -> GLMDatasetConfig:
+    """The dataset config of a RunConfig's `data` section (special_ids: the tokenizer's SpecialIds)."""
+    data = run.data
+    prefixes, weights = blend_weights([s.prefix for s in data.sources], [s.weight for s in data.sources],
+                                      data.instruction_prefix or None, data.instruction_ratio)
+    special = SpecialTokens(mask=special_ids.mask, gmask=special_ids.gmask, sop=special_ids.sop,
+                            eop=special_ids.eop, pad=special_ids.pad)
+    return GLMDatasetConfig(
+        random_seed=run.seed, sequence_length=run.model.seq_length, blend=(prefixes, weights),
+        split=data.split, path_to_cache=data.cache_dir or cache_dir, special=special,
+        objective=objective_for_length(run.model.seq_length, data.reproduce_window_overflow),
+        instruction_prefixes=(data.instruction_prefix,) if data.instruction_prefix else (),
+    )
+
+
 def build_glm_datasets(config: GLMDatasetConfig, train_valid_test_samples: Sequence[int]):
     """[train, valid, test] datasets (None where a split is empty), built rank-0 first."""
     # Every rank builds the datasets (each pipeline stage needs positions and masks); megatron-core

@@ -4,6 +4,7 @@
                                                        TP1 logits of every input, EGS gradients
     scenarios.py tp_equivalence WORKDIR       4 ranks: logits + gathered gradients at TP 1, 2, 4
     scenarios.py train_layout WORKDIR NAME KEY=VALUE...: 4 optimizer steps from the same weights
+    scenarios.py data_consistency WORKDIR     4 ranks: which samples each rank reads (data_run.yaml)
 
 Inputs come from WORKDIR/inputs.pt (written by the test), results go to WORKDIR/*.pt / *.json.
 """
@@ -150,12 +151,40 @@ def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     destroy_distributed()
 
 
+def data_consistency(workdir: Path) -> None:
+    """Record which samples every rank consumes (TP/PP/DP layout from the run YAML in workdir)."""
+    import hashlib
+
+    from megatron.core import parallel_state
+
+    from megatron_glm.training.batches import DatasetBatches
+
+    run = load_run_config(str(workdir / "data_run.yaml"))
+    validate(run, world_size=discover_world().world_size)
+    initialize_distributed(run, discover_world())
+    batches = DatasetBatches(run, steps=3, global_batch=8, micro_batch=2)
+    seen = []
+    for step in range(3):
+        for micro in batches.train_batches(step):
+            for row in range(micro.tokens.shape[0]):
+                digest = hashlib.sha256()
+                for tensor in (micro.tokens[row], micro.position_ids[row], micro.attention_mask[row]):
+                    digest.update(tensor.numpy().tobytes())
+                seen.append(digest.hexdigest())
+    record = {"dp": parallel_state.get_data_parallel_rank(), "pp": parallel_state.get_pipeline_model_parallel_rank(),
+              "tp": parallel_state.get_tensor_model_parallel_rank(), "samples": seen}
+    (workdir / f"data_consistency.rank{torch.distributed.get_rank()}.json").write_text(json.dumps(record))
+    destroy_distributed()
+
+
 def main() -> None:
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
     if scenario == "init":
         init(workdir)
     elif scenario == "tp_equivalence":
         tp_equivalence(workdir)
+    elif scenario == "data_consistency":
+        data_consistency(workdir)
     elif scenario == "train_layout":
         train_layout(workdir, sys.argv[3], sys.argv[4:])
     else:
