@@ -11,7 +11,7 @@ from megatron_glm.data.datasets import (
     build_glm_datasets,
     objective_for_length,
 )
-from megatron_glm.data.glm_sample import SpecialTokens
+from megatron_glm.data.glm_sample import SpecialTokens, attention_mask_from_layout
 
 SEQ = 512
 WEIGHTS = {"pile": 0.6, "wudao": 0.4}
@@ -63,8 +63,9 @@ def test_samples_have_glm_structure(train_stream, demo_tokenizer):
     kinds = []
     for index in range(0, 400, 7):
         sample = train[index]
-        assert sample["tokens"].shape == (SEQ,) and sample["attention_mask"].shape == (1, SEQ, SEQ)
-        assert sample["attention_mask"].dtype == torch.bool
+        assert sample["tokens"].shape == (SEQ,) and sample["window_ids"].shape == (SEQ,)
+        mask = attention_mask_from_layout(sample["window_ids"], sample["prefix_ends"])
+        assert mask.shape == (1, SEQ, SEQ) and mask.dtype == torch.bool
         assert sample["loss_mask"].sum() > 0
         kinds.append((int(sample["dataset_id"]), int(sample["kind"])))
         if int(sample["kind"]) == 2:
@@ -80,7 +81,7 @@ def test_resume_reproduces_the_stream(train_stream, demo_tokenizer, demo_dataset
     restarted, _, _ = build_glm_datasets(_config(demo_tokenizer, demo_datasets, cache), [20000, 200, 0])
     for k in (0, 137, 4999, 19999):
         first, again = train[k], restarted[k]
-        for key in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask", "dataset_id"):
+        for key in ("tokens", "labels", "loss_mask", "position_ids", "window_ids", "prefix_ends", "dataset_id"):
             assert torch.equal(torch.as_tensor(first[key]), torch.as_tensor(again[key])), (k, key)
 
 

@@ -33,7 +33,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
-from megatron_glm.data.glm_sample import PackedSample, SpecialTokens, attention_mask
+from megatron_glm.data.glm_sample import PackedSample, SpecialTokens, mask_layout
 from megatron_glm.data.sampling import GLMObjectiveConfig, glm_sequence, instruction_sequence
 
 log = logging.getLogger(__name__)
@@ -174,13 +174,14 @@ class GLMDataset(MegatronDataset):
 
     def __getitem__(self, idx: int) -> Dict[str, torch.Tensor]:
         kind, packed = self.sample(int(idx))
-        seq = self.objective.seq_length
+        window_ids, prefix_ends = mask_layout(packed.windows, self.objective.seq_length)
         return {
             "tokens": torch.from_numpy(packed.tokens),
             "labels": torch.from_numpy(packed.labels),
             "loss_mask": torch.from_numpy(packed.loss_mask.astype(np.float32)),
             "position_ids": torch.from_numpy(packed.position_ids),
-            "attention_mask": attention_mask(packed.windows, seq),
+            "window_ids": torch.from_numpy(window_ids),
+            "prefix_ends": torch.from_numpy(prefix_ends),
             "kind": torch.tensor(KIND_CODES[kind]),
         }
 

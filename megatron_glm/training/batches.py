@@ -15,14 +15,17 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_glm.config.schema import RunConfig
+from megatron_glm.data.glm_sample import attention_mask_from_layout
 from megatron_glm.data.synthetic import synthetic_samples
 from megatron_glm.training.step import MicroBatch, collate
 
 
 def collate_dataset_samples(samples: Sequence[Dict[str, torch.Tensor]]) -> MicroBatch:
+    """Stack dataset samples; the dense attention mask is built here from the compact layout."""
     stack = lambda key: torch.stack([torch.as_tensor(s[key]) for s in samples])  # noqa: E731
     return MicroBatch(tokens=stack("tokens"), labels=stack("labels"), loss_mask=stack("loss_mask").float(),
-                      position_ids=stack("position_ids"), attention_mask=stack("attention_mask"))
+                      position_ids=stack("position_ids"),
+                      attention_mask=attention_mask_from_layout(stack("window_ids"), stack("prefix_ends")))
 
 
 class DatasetBatches:
