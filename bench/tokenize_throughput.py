@@ -29,7 +29,8 @@ mirror of github.com/NVIDIA/Megatron-LM:
     git --git-dir=/path/to/Megatron-LM.git archive core_v0.16.1 | tar -x -C /tmp/megatron-lm-core_v0.16.1
     .venv/bin/pip install six regex pydantic triton     # imported by tools/preprocess_data.py, benchmark only
 
-Run (from the repository root, 2-core machine, ~5 minutes with input generation):
+Run (from the repository root; on a 2-core machine ~35 s to build inputs and tokenizer once, then
+~2 minutes of measurements; it first waits for other processes to go idle, see --quiet-wait):
 
     .venv/bin/python bench/tokenize_throughput.py --megatron-lm /tmp/megatron-lm-core_v0.16.1 \\
         --work-dir /tmp/glm_tok_bench --workers 2 --out /tmp/glm_tok_bench/tokenize_throughput.json
