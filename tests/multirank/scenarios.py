@@ -151,6 +151,46 @@ def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     destroy_distributed()
 
 
+def resume(workdir: Path, mode: str, name: str, overrides: List[str]) -> None:
+    """mode "uninterrupted": 8 steps, checkpoint after step 4. mode "resumed": load it, steps 5-8."""
+    from megatron.core import parallel_state
+
+    from megatron_glm.data.synthetic import synthetic_samples
+    from megatron_glm.model.build import build_model_chunks
+    from megatron_glm.model.tp_shard import load_full_state_dict
+    from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+    from megatron_glm.training.step import build_optimizer, collate, train_step, wrap_for_training
+
+    run = _run_config(*overrides)
+    initialize_distributed(run, discover_world())
+    chunks = build_model_chunks(run)
+    for chunk in chunks:
+        load_full_state_dict(chunk, torch.load(workdir / "weights.pt"))
+    model = wrap_for_training(chunks)
+    optimizer = build_optimizer(model, lr=1e-3)
+    dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    per_rank = GLOBAL_BATCH // dp
+
+    def my_batches(step):
+        samples = synthetic_samples(GLOBAL_BATCH, SEQ_LENGTH, run.model.vocab_size, seed=100 + step)
+        return [collate([sample]) for sample in samples[dp_rank * per_rank:(dp_rank + 1) * per_rank]]
+
+    checkpoints = str(workdir / "checkpoints")
+    first = 0
+    if mode == "resumed":
+        common = load_checkpoint(latest_checkpoint(checkpoints), model, optimizer)
+        first = common["step"]
+    losses = {}
+    for step in range(first, 8):
+        losses[step + 1] = train_step(model, optimizer, my_batches(step), per_rank, 1, SEQ_LENGTH).loss
+        if mode == "uninterrupted" and step + 1 == 4:
+            save_checkpoint(checkpoints, 4, model, optimizer, {"consumed_samples": 4 * GLOBAL_BATCH},
+                            keep_last=2)
+    if torch.distributed.get_rank() == 0:
+        (workdir / f"resume_{name}.json").write_text(json.dumps(losses))
+    destroy_distributed()
+
+
 def data_consistency(workdir: Path) -> None:
     """Record which samples every rank consumes (TP/PP/DP layout from the run YAML in workdir)."""
     import hashlib
@@ -183,6 +223,8 @@ def main() -> None:
         init(workdir)
     elif scenario == "tp_equivalence":
         tp_equivalence(workdir)
+    elif scenario == "resume":
+        resume(workdir, sys.argv[3], sys.argv[4], sys.argv[5:])
     elif scenario == "data_consistency":
         data_consistency(workdir)
     elif scenario == "train_layout":
