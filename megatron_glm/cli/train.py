@@ -1,5 +1,10 @@
 """glm-train: what every rank runs, plus `describe` for sizing a model without building it for real.
 
+    glm-train --config RUN.yaml --run-dir DIR [dotted.key=value ...]        (under torchrun / srun)
+        train: metrics.jsonl, events.jsonl, checkpoints/ in DIR; resumes from DIR's latest
+        checkpoint; exit 0 when done (DONE written), 75 after a stop signal (checkpoint saved:
+        please requeue), 2 for a bad configuration.
+
     glm-train describe PRESET_OR_YAML [dotted.key=value ...]
         one JSON object: shapes and the exact parameter count of the model megatron-core builds.
     glm-train smoke PRESET_OR_YAML [--steps N] [dotted.key=value ...]     (under torchrun)
@@ -46,6 +51,32 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from megatron_glm.config.validate import validate
+    from megatron_glm.runtime.distributed import destroy_distributed, discover_world, initialize_distributed
+    from megatron_glm.training.loop import run_training
+
+    run = load_run_config(args.config, args.overrides)
+    world = discover_world()
+    validate(run, world_size=world.world_size)
+    initialize_distributed(run, world)
+    try:
+        return run_training(run, args.run_dir)
+    finally:
+        destroy_distributed()
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run preset (tiny-cpu) or run YAML")
+    parser.add_argument("--run-dir", required=True, help="config.yaml, metrics.jsonl, events.jsonl, checkpoints/")
+    parser.add_argument("--verbose", action="store_true", help="show third-party warnings and debug logs")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
+    parser.set_defaults(handler=_train)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    subcommand = argv[:1] in (["describe"], ["smoke"], ["-h"], ["--help"])
+    args = (build_parser() if subcommand else build_train_parser()).parse_args(argv)
     configure_logging("glm-train", verbose=args.verbose)
     try:
         return args.handler(args)

@@ -136,6 +136,51 @@ class DataConfig:
 
 
 @dataclass
+class FaultInjection:
+    """Test-only: force the spike guard's hand at one step."""
+
+    step: int = -1
+    """Inject on the global batch that starts at sample step x global_batch_size (the batch of
+    0-based step `step` in an undisturbed run); -1: never."""
+    kind: str = "spike"
+    """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop: steps, batch, optimizer, schedule, evaluation, checkpoints, spike guard."""
+
+    steps: int = 100
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
+    peak_lr: float = 8e-5
+    min_lr: float = 8e-6
+    warmup_samples: int = 0
+    decay_samples: int = 0
+    """Cosine decay length in samples (0: the whole run)."""
+    override_lr_on_resume: bool = False
+    """Take peak/min LR from this config when resuming (GLM-130B's --override-lr-scheduler)."""
+    weight_decay: float = 0.1
+    adam_beta2: float = 0.95
+    clip_grad: float = 1.0
+    log_interval: int = 1
+    eval_interval: int = 0
+    """Steps between validation runs (0: only at the end)."""
+    eval_batches: int = 1
+    save_interval: int = 0
+    """Steps between checkpoints (0: only at the end and on a stop signal)."""
+    keep_last: int = 3
+    skip_sample_ranges: List[Tuple[int, int]] = field(default_factory=list)
+    """[first, last] sample ranges to jump over (GLM-130B skipped the data of iterations
+    40701-40900 and 42401-42600)."""
+    spike_policy: str = "skip"
+    """What the spike guard does: "log", "skip" (drop the update) or "rollback" (reload the last
+    checkpoint and jump over the next `rollback_skip_samples`). Non-finite values are never applied."""
+    rollback_skip_samples: int = 0
+    fault_injection: FaultInjection = field(default_factory=FaultInjection)
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; loaded from YAML, overridden with dotted keys, validated once."""
 
@@ -143,6 +188,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     precision: str = "fp32"
     """fp32 (tests), fp16 (GLM-130B: dynamic loss scaling, FP32 softmax) or bf16."""
     seed: int = 1234

@@ -40,7 +40,8 @@ class DatasetBatches:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
                              f"{run.model.resolved_padded_vocab_size}; raise model.vocab_size")
         config = glm_dataset_config(run, tokenizer.special, tempfile.gettempdir() + "/glm-dataset-cache")
-        self.train, self.valid, _ = build_glm_datasets(config, [steps * global_batch, global_batch, 0])
+        # Twice the planned samples: skipped ranges and rollbacks move the stream forward.
+        self.train, self.valid, _ = build_glm_datasets(config, [2 * steps * global_batch, global_batch, 0])
         self.global_batch, self.micro_batch = global_batch, micro_batch
         self.per_rank = global_batch // parallel_state.get_data_parallel_world_size()
         self.offset = parallel_state.get_data_parallel_rank() * self.per_rank
@@ -51,8 +52,12 @@ class DatasetBatches:
         return [collate_dataset_samples(samples[i:i + self.micro_batch])
                 for i in range(0, self.per_rank, self.micro_batch)]
 
+    def batches_at(self, first_sample: int) -> List[MicroBatch]:
+        """Micro-batches of the global batch starting at stream sample `first_sample`."""
+        return self._batches(self.train, first_sample)
+
     def train_batches(self, step: int) -> List[MicroBatch]:
-        return self._batches(self.train, step * self.global_batch)
+        return self.batches_at(step * self.global_batch)
 
     def validation_batches(self) -> Optional[List[MicroBatch]]:
         return self._batches(self.valid, 0) if self.valid is not None else None
@@ -66,6 +71,9 @@ class SyntheticBatches:
         self.per_rank = global_batch // parallel_state.get_data_parallel_world_size()
         self.offset = parallel_state.get_data_parallel_rank() * self.per_rank
 
+    def batches_at(self, first_sample: int) -> List[MicroBatch]:
+        return self.train_batches(first_sample // self.global_batch)
+
     def train_batches(self, step: int) -> List[MicroBatch]:
         samples = synthetic_samples(self.global_batch, self.seq_length, self.run.model.vocab_size,
                                     seed=self.run.seed + step)
@@ -73,4 +81,5 @@ class SyntheticBatches:
         return [collate(mine[i:i + self.micro_batch]) for i in range(0, self.per_rank, self.micro_batch)]
 
     def validation_batches(self) -> Optional[List[MicroBatch]]:
-        return None
+        """A fixed held-out global batch (a seed no training step uses)."""
+        return self.train_batches(1_000_003)

@@ -96,12 +96,14 @@ def build_optimizer(
     adam_beta2: float = 0.95,
     clip_grad: float = 1.0,
     use_distributed_optimizer: bool = True,
+    min_lr: Optional[float] = None,
 ):
     """megatron-core Adam with decoupled weight decay (no decay on LayerNorm and biases)."""
     config = model[0].config
     optimizer_config = OptimizerConfig(
         optimizer="adam",
         lr=lr,
+        min_lr=min_lr,  # read back per param group by megatron-core's LR scheduler
         weight_decay=weight_decay,
         adam_beta1=0.9,
         adam_beta2=adam_beta2,
@@ -130,7 +132,7 @@ class StepResult:
     update_successful: bool
 
 
-def _global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
+def global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
     """Average the last stage's micro-batch losses, over DP, and share the value with every rank."""
     value = torch.zeros(1, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage() and losses:
@@ -142,7 +144,9 @@ def _global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
     return float(value.item()) / parallel_state.get_data_parallel_world_size()
 
 
-def _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, forward_only):
+def run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, forward_only):
+    """One pass of megatron-core's schedule over this rank's micro-batches; returns the last
+    stage's per-micro-batch loss dicts (empty elsewhere)."""
     micro_batches = list(micro_batches)
     iterators = [iter(micro_batches) for _ in model]
     return get_forward_backward_func()(
@@ -167,10 +171,10 @@ def evaluate(
     for chunk in model:
         chunk.eval()
     with torch.no_grad():
-        losses = _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, True)
+        losses = run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, True)
     for chunk in model:
         chunk.train()
-    return _global_mean_loss(losses)
+    return global_mean_loss(losses)
 
 
 def train_step(
@@ -185,6 +189,6 @@ def train_step(
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = _run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, False)
+    losses = run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, False)
     update_successful, grad_norm, _ = optimizer.step()
-    return StepResult(loss=_global_mean_loss(losses), grad_norm=grad_norm, update_successful=update_successful)
+    return StepResult(loss=global_mean_loss(losses), grad_norm=grad_norm, update_successful=update_successful)

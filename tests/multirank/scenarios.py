@@ -12,6 +12,7 @@ Inputs come from WORKDIR/inputs.pt (written by the test), results go to WORKDIR/
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -217,12 +218,22 @@ def data_consistency(workdir: Path) -> None:
     destroy_distributed()
 
 
+def train_cli(workdir: Path, arguments: List[str]) -> None:
+    """glm-train's own entry point on this rank; its exit code is written next to the run."""
+    from megatron_glm.cli.train import main as glm_train
+
+    code = glm_train(arguments)
+    (workdir / f"exit.rank{os.environ['RANK']}").write_text(str(code))
+
+
 def main() -> None:
     scenario, workdir = sys.argv[1], Path(sys.argv[2])
     if scenario == "init":
         init(workdir)
     elif scenario == "tp_equivalence":
         tp_equivalence(workdir)
+    elif scenario == "train_cli":
+        train_cli(workdir, sys.argv[3:])
     elif scenario == "resume":
         resume(workdir, sys.argv[3], sys.argv[4], sys.argv[5:])
     elif scenario == "data_consistency":

@@ -1,0 +1,335 @@
+"""`glm-train --config RUN.yaml --run-dir DIR`: the training loop every rank runs.
+
+One iteration: skip configured bad-data ranges -> set the embedding-gradient-shrink alpha -> one
+global batch through megatron-core's schedule -> the spike guard sees the loss and the gradient
+norm *before* the update (megatron-core's optimizer step split into prepare / norm / clip / step)
+-> apply, skip or roll back -> metrics. Everything that decides is computed from all-reduced
+values, so every rank takes the same decision. A stop signal (SIGTERM, or Slurm's SIGUSR1 before
+the time limit) saves a checkpoint at the next step boundary and exits with EXIT_REQUEUE; the end
+of training writes DONE.
+
+Run directory: config.yaml, metrics.jsonl, events.jsonl (megatron_glm.monitor.schema),
+checkpoints/ (megatron_glm.training.checkpointing), DONE.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+from megatron_glm.config.loader import to_yaml
+from megatron_glm.config.schema import RunConfig
+from megatron_glm.model.build import build_model_chunks
+from megatron_glm.monitor.schema import EventsWriter, MetricsWriter
+from megatron_glm.monitor.spikes import SpikeDetector
+from megatron_glm.training import flops
+from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
+from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_glm.training.schedules import LRScheduleConfig, build_lr_scheduler
+from megatron_glm.training.step import build_optimizer, evaluate, global_mean_loss, run_schedule, wrap_for_training
+
+EXIT_REQUEUE = 75
+"""Exit code after a stop signal: a checkpoint was saved, please requeue (EX_TEMPFAIL)."""
+DONE_MARKER = "DONE"
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint must carry besides model and optimizer to continue exactly."""
+
+    step: int = 0
+    consumed_samples: int = 0
+    skipped_steps: int = 0
+    nan_steps: int = 0
+    detector: dict = field(default_factory=dict)
+    skip_ranges: List[List[int]] = field(default_factory=list)
+    """Sample ranges added by rollbacks (the config's ranges are applied as well)."""
+
+
+class _StopSignal:
+    """Remembers that SIGTERM/SIGUSR1 arrived; the loop checks at step boundaries."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        for number in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, frame):
+        self.received = number
+
+    def agreed(self) -> bool:
+        """True on every rank as soon as any rank got a signal."""
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        if torch.cuda.is_available():
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _is_writer_rank() -> bool:
+    """The rank that owns the last pipeline stage, TP rank 0, DP rank 0, writes metrics/events."""
+    return (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank() == 0)
+
+
+def _unwrap(module):
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def _guarded_step(optimizer, allow) -> tuple:
+    """megatron-core's ChainedOptimizer.step with a decision between the norm and the update.
+    Returns (applied, grad_norm, overflow)."""
+    if optimizer.prepare_grads():  # FP16 overflow: the loss scaler already backed off
+        return False, None, True
+    grad_norm = optimizer.get_grad_norm()
+    if not allow(grad_norm):
+        return False, grad_norm, False
+    for inner in optimizer.chained_optimizers:
+        parameters = inner.get_parameters()
+        if parameters and inner.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(parameters, max_norm=inner.config.clip_grad, total_norm=grad_norm)
+    return optimizer.step_with_ready_grads(), grad_norm, False
+
+
+def _param_norm(model) -> float:
+    squares = torch.zeros(1, dtype=torch.float64)
+    for chunk in model:
+        for param in chunk.parameters():
+            if getattr(param, "tensor_model_parallel", False) or parallel_state.get_tensor_model_parallel_rank() == 0:
+                squares += param.detach().double().pow(2).sum().cpu()
+    if torch.cuda.is_available():
+        squares = squares.cuda()
+    dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    return float(squares.sqrt().item())
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, run_dir: str):
+        self.run, self.train = run, run.train
+        self.run_dir = Path(run_dir)
+        self.checkpoints = str(self.run_dir / "checkpoints")
+        self.writer = _is_writer_rank()
+        self.dp = parallel_state.get_data_parallel_world_size()
+        if self.train.global_batch_size % (self.dp * self.train.micro_batch_size):
+            raise ValueError(f"train.global_batch_size {self.train.global_batch_size} must be a multiple of "
+                             f"data-parallel size {self.dp} x train.micro_batch_size {self.train.micro_batch_size}")
+        self.model = wrap_for_training(build_model_chunks(run))
+        self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
+                                         adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
+                                         min_lr=min(self.train.min_lr, self.train.peak_lr))
+        total = self.train.steps * self.train.global_batch_size
+        self.scheduler = build_lr_scheduler(self.optimizer, LRScheduleConfig(
+            peak_lr=self.train.peak_lr, min_lr=min(self.train.min_lr, self.train.peak_lr),
+            warmup_samples=self.train.warmup_samples,
+            decay_samples=max(self.train.decay_samples or total, self.train.warmup_samples + 1),
+            override_on_resume=self.train.override_lr_on_resume, weight_decay=self.train.weight_decay))
+        if run.data.sources:
+            self.data = DatasetBatches(run, self.train.steps + 1, self.train.global_batch_size,
+                                       self.train.micro_batch_size)
+            self.seq_length = run.model.seq_length
+        else:
+            self.seq_length = min(run.model.seq_length, 64)
+            self.data = SyntheticBatches(run, self.train.global_batch_size, self.train.micro_batch_size,
+                                         self.seq_length)
+        self.detector = SpikeDetector()
+        self.state = LoopState()
+        self.flops_per_sequence = flops.model_flops_per_sequence(run.model, self.seq_length)
+        self.peak = (flops.device_peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available()
+                     else flops.measure_cpu_matmul_peak_tflops(seconds=0.3))
+        self.metrics = MetricsWriter(self.run_dir) if self.writer else None
+        self.events = EventsWriter(self.run_dir) if self.writer else None
+
+    # --- events and checkpoints ------------------------------------------------------------
+    def _event(self, kind: str, message: str, **fields) -> None:
+        if self.events is not None:
+            self.events.write({"step": self.state.step, "kind": kind, "message": message, **fields})
+
+    def _layout(self) -> dict:
+        return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+                "pp": parallel_state.get_pipeline_model_parallel_world_size(), "dp": self.dp,
+                "vpp": self.run.parallel.virtual_pipeline}
+
+    def save(self) -> None:
+        self.state.detector = self.detector.state_dict()
+        path = save_checkpoint(self.checkpoints, self.state.step, self.model, self.optimizer,
+                               {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
+                               keep_last=self.train.keep_last)
+        self._event("checkpoint_saved", f"saved step {self.state.step}", path=str(path))
+
+    def load_latest(self) -> bool:
+        path = latest_checkpoint(self.checkpoints)
+        if path is None:
+            return False
+        common = load_checkpoint(path, self.model, self.optimizer)
+        self.state = LoopState(**common["loop"])
+        self.detector.load_state_dict(self.state.detector)
+        self.scheduler.load_state_dict(common["scheduler"])
+        self._event("checkpoint_loaded", f"resumed from step {self.state.step}", path=str(path))
+        return True
+
+    # --- one step --------------------------------------------------------------------------
+    def _skip_bad_data(self) -> None:
+        for first, last in list(self.train.skip_sample_ranges) + self.state.skip_ranges:
+            if first <= self.state.consumed_samples <= last:
+                self._event("skip", f"skipping samples {first}-{last}", first_sample=first, last_sample=last)
+                self.state.consumed_samples = last + 1
+
+    def _forward_backward(self) -> float:
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+            _unwrap(chunk).set_training_step(self.state.step)
+        self.optimizer.zero_grad()
+        batches = self.data.batches_at(self.state.consumed_samples)
+        losses = run_schedule(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length, False)
+        return global_mean_loss(losses)
+
+    def _inject(self, loss: float) -> float:
+        """Test-only fault, tied to the data position like a real bad batch: after a rollback
+        that skips the batch, it does not fire again."""
+        fault = self.train.fault_injection
+        if fault.step < 0 or self.state.consumed_samples != fault.step * self.train.global_batch_size:
+            return loss
+        if fault.kind == "nan":
+            for chunk in self.model:
+                for param in chunk.parameters():
+                    grad = getattr(param, "main_grad", None)
+                    (grad if grad is not None else param.grad).fill_(float("nan"))
+            return loss
+        return loss * 10.0
+
+    def step(self) -> dict:
+        self._skip_bad_data()
+        started = time.perf_counter()
+        loss = self._inject(self._forward_backward())
+        verdict = {}
+
+        def allow(grad_norm) -> bool:
+            norm = float(grad_norm) if grad_norm is not None else float("nan")
+            spike = self.detector.update(self.state.step, loss, norm)
+            verdict["spike"] = spike
+            non_finite = not (math.isfinite(loss) and math.isfinite(norm))
+            return not non_finite and (spike is None or self.train.spike_policy == "log")
+
+        lr = self.optimizer.param_groups[0]["lr"]
+        applied, grad_norm, overflow = _guarded_step(self.optimizer, allow)
+        spike = verdict.get("spike")
+        record = {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "overflow": overflow, "applied": applied, "lr": lr}
+        if spike is not None:
+            action = "log" if applied else self.train.spike_policy
+            self._event("spike", f"{spike.reason} spike at step {self.state.step}: {action}", loss=spike.loss,
+                        grad_norm=spike.grad_norm, baseline_loss=spike.baseline_loss,
+                        baseline_grad_norm=spike.baseline_grad_norm, action=action)
+        if not applied:
+            self.state.skipped_steps += 1
+            if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(float(grad_norm))):
+                self.state.nan_steps += 1
+        if spike is not None and not applied and self.train.spike_policy == "rollback":
+            return self._rollback(record)
+        self.state.consumed_samples += self.train.global_batch_size
+        self.scheduler.step(increment=self.train.global_batch_size)
+        self.state.step += 1
+        record["step_time_s"] = time.perf_counter() - started
+        return record
+
+    def _rollback(self, record: dict) -> dict:
+        failed_at = self.state.consumed_samples
+        path = latest_checkpoint(self.checkpoints)
+        if path is None:
+            self._event("error", "rollback requested but no checkpoint exists; skipping the update instead")
+            self.state.consumed_samples += self.train.global_batch_size
+            self.state.step += 1
+            return record
+        self.load_latest()
+        first, last = failed_at, failed_at + max(self.train.global_batch_size, self.train.rollback_skip_samples) - 1
+        self._event("rollback", f"rolled back to step {self.state.step}", path=str(path), to_step=self.state.step)
+        self.state.skip_ranges.append([first, last])
+        self._event("skip", f"will skip samples {first}-{last}", first_sample=first, last_sample=last)
+        record["rolled_back"] = True
+        return record
+
+    # --- metrics ---------------------------------------------------------------------------
+    def _write_metrics(self, record: dict, val_loss: Optional[float]) -> None:
+        """Collective (the parameter norm is all-reduced); only the writer rank writes."""
+        param_norm = _param_norm(self.model)
+        if self.metrics is None:
+            return
+        seconds = max(record.get("step_time_s", 0.0), 1e-9)
+        sequences = self.train.global_batch_size
+        world = dist.get_world_size()
+        tflops = flops.tflops_per_gpu(self.flops_per_sequence, sequences, seconds, world)
+        line = {
+            "step": self.state.step, "consumed_samples": self.state.consumed_samples,
+            "tokens": self.state.consumed_samples * self.seq_length, "loss": record["loss"],
+            "grad_norm": record["grad_norm"], "param_norm": param_norm,
+            "loss_scale": float(self.optimizer.get_loss_scale()), "skipped": self.state.skipped_steps,
+            "nan": self.state.nan_steps, "lr": record["lr"],
+            "batch_size": sequences, "step_time_s": seconds, "tokens_per_s": sequences * self.seq_length / seconds,
+            "tflops_per_gpu": tflops, "mfu": flops.mfu(tflops, self.peak) if self.peak else None,
+            "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        }
+        if val_loss is not None:
+            line["val_loss"] = val_loss
+        self.metrics.write(line)
+
+    def _validate(self) -> Optional[float]:
+        batches = self.data.validation_batches()
+        if not batches:
+            return None
+        return evaluate(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length)
+
+    # --- the run ---------------------------------------------------------------------------
+    def fit(self) -> int:
+        if dist.get_rank() == 0:
+            (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a longer run continues this one
+        resumed = self.load_latest()
+        self._event("restart" if resumed else "start", "training", world_size=dist.get_world_size(),
+                    layout=self._layout())
+        stop = _StopSignal()
+        while self.state.step < self.train.steps:
+            record = self.step()
+            last = self.state.step >= self.train.steps
+            evaluate_now = last or (self.train.eval_interval and self.state.step % self.train.eval_interval == 0)
+            val_loss = self._validate() if evaluate_now and not record.get("rolled_back") else None
+            # _param_norm and the metrics line involve collectives: every rank calls them.
+            if record.get("rolled_back") is None and (last or self.state.step % self.train.log_interval == 0
+                                                      or val_loss is not None):
+                self._write_metrics(record, val_loss)
+            if self.train.save_interval and self.state.step % self.train.save_interval == 0 and not last:
+                self.save()
+            if stop.agreed():
+                self.save()
+                self._event("stop", "stop signal: checkpoint saved, please requeue", reason="signal",
+                            exit_code=EXIT_REQUEUE)
+                return EXIT_REQUEUE
+        self.save()
+        self._event("stop", "training complete", reason="done", exit_code=0)
+        if dist.get_rank() == 0:
+            (self.run_dir / DONE_MARKER).write_text(f"step {self.state.step}\n")
+        return 0
+
+
+def run_training(run: RunConfig, run_dir: str) -> int:
+    """Collective entry point (process groups already initialised)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if dist.get_rank() == 0:
+        (Path(run_dir) / "config.yaml").write_text(to_yaml(run))
+    trainer = Trainer(run, run_dir)
+    try:
+        return trainer.fit()
+    finally:
+        for writer in (trainer.metrics, trainer.events):
+            if writer is not None:
+                writer.close()
