@@ -14,6 +14,7 @@ checkpoints/ (megatron_glm.training.checkpointing), DONE.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -37,6 +38,8 @@ from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
 from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_glm.training.schedules import LRScheduleConfig, build_lr_scheduler
 from megatron_glm.training.step import build_optimizer, evaluate, global_mean_loss, run_schedule, wrap_for_training
+
+log = logging.getLogger("glm-train")
 
 EXIT_REQUEUE = 75
 """Exit code after a stop signal: a checkpoint was saved, please requeue (EX_TEMPFAIL)."""
@@ -283,6 +286,10 @@ class Trainer:
         if val_loss is not None:
             line["val_loss"] = val_loss
         self.metrics.write(line)
+        log.info("step %d/%d | loss %.4f | grad norm %s | lr %.3g | %.2f s/step | %.0f tokens/s%s",
+                 self.state.step, self.train.steps, line["loss"],
+                 "-" if line["grad_norm"] is None else f"{line['grad_norm']:.3f}", line["lr"],
+                 seconds, line["tokens_per_s"], "" if val_loss is None else f" | val loss {val_loss:.4f}")
 
     def _validate(self) -> Optional[float]:
         batches = self.data.validation_batches()
