@@ -57,3 +57,13 @@ def test_describe_explains_bad_input():
 def test_later_commands_say_they_are_not_available_yet(command):
     result = _run(command)
     assert result.returncode == 2 and "not available yet" in result.stderr
+
+
+def test_train_rejects_a_bad_config_before_starting(tmp_path):
+    """Layout that does not divide, data that does not exist: exit 2 with the fixes, nothing created."""
+    result = subprocess.run([str(BIN / "glm-train"), "--config", "tiny-cpu", "--run-dir", str(tmp_path / "run"),
+                             "parallel.tensor=3"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "num_attention_heads=4 is not divisible by parallel.tensor=3" in result.stderr
+    assert "data.tokenizer_model=runs/demo/data/tokenizer.model: no such file" in result.stderr
+    assert not (tmp_path / "run").exists()

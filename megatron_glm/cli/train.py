@@ -32,38 +32,38 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _smoke(args: argparse.Namespace) -> int:
+def _distributed(args: argparse.Namespace, body):
+    """Load and validate the config (before any process group exists), join the job, run body."""
     from megatron_glm.config.validate import validate
     from megatron_glm.runtime.distributed import destroy_distributed, discover_world, initialize_distributed
-    from megatron_glm.training.smoke import run_smoke
 
     run = load_run_config(args.config, args.overrides)
     world = discover_world()
     validate(run, world_size=world.world_size)
     initialize_distributed(run, world)
     try:
-        summary = run_smoke(run, steps=args.steps, global_batch=args.global_batch,
-                            micro_batch=args.micro_batch, seq_length=args.seq_length, lr=args.lr)
+        return body(run, world)
     finally:
         destroy_distributed()
-    if world.rank == 0:
-        print(json.dumps(summary))
-    return 0
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from megatron_glm.training.smoke import run_smoke
+
+    def body(run, world):
+        summary = run_smoke(run, steps=args.steps, global_batch=args.global_batch,
+                            micro_batch=args.micro_batch, seq_length=args.seq_length, lr=args.lr)
+        if world.rank == 0:
+            print(json.dumps(summary))
+        return 0
+
+    return _distributed(args, body)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from megatron_glm.config.validate import validate
-    from megatron_glm.runtime.distributed import destroy_distributed, discover_world, initialize_distributed
     from megatron_glm.training.loop import run_training
 
-    run = load_run_config(args.config, args.overrides)
-    world = discover_world()
-    validate(run, world_size=world.world_size)
-    initialize_distributed(run, world)
-    try:
-        return run_training(run, args.run_dir)
-    finally:
-        destroy_distributed()
+    return _distributed(args, lambda run, world: run_training(run, args.run_dir))
 
 
 def build_train_parser() -> argparse.ArgumentParser:
