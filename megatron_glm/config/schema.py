@@ -142,8 +142,12 @@ class FaultInjection:
     step: int = -1
     """Inject on the global batch that starts at sample step x global_batch_size (the batch of
     0-based step `step` in an undisturbed run); -1: never."""
+    count: int = 1
+    """Consecutive batches to inject on (FP16 hysteresis needs more than one overflow)."""
     kind: str = "spike"
-    """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN."""
+    """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN;
+    "crash_during_save": the process dies (exit 137) after writing a checkpoint's files, before
+    publishing it (the kill -9 test)."""
 
 
 @dataclass
@@ -163,6 +167,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
     clip_grad: float = 1.0
+    loss_scale_window: int = 200
+    """FP16: successful steps before the loss scale doubles again (GLM-130B's DeepSpeed config: 200)."""
     log_interval: int = 1
     eval_interval: int = 0
     """Steps between validation runs (0: only at the end)."""

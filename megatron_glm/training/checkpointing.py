@@ -89,8 +89,12 @@ def _sharded_state(model: List[torch.nn.Module], optimizer, is_loading: bool) ->
 
 
 def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], optimizer,
-                    common: Dict[str, Any], keep_last: Optional[int] = None) -> Path:
-    """Collective: every rank calls it. Returns the published checkpoint's path."""
+                    common: Dict[str, Any], keep_last: Optional[int] = None,
+                    crash_before_publish: bool = False) -> Path:
+    """Collective: every rank calls it. Returns the published checkpoint's path.
+
+    crash_before_publish (tests only) kills the process after the files are written and before the
+    rename, the worst moment for a kill -9."""
     root = Path(directory)
     final = root / checkpoint_name(step)
     tmp = root / f"{checkpoint_name(step)}.tmp"
@@ -103,6 +107,8 @@ def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], opt
     state["common"] = dict(common, layout=_layout(), step=step)
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
+    if crash_before_publish:
+        os._exit(137)
     if dist.get_rank() == 0:
         if final.exists():
             shutil.rmtree(final)

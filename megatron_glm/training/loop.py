@@ -131,7 +131,8 @@ class Trainer:
         self.model = wrap_for_training(build_model_chunks(run))
         self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
                                          adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
-                                         min_lr=min(self.train.min_lr, self.train.peak_lr))
+                                         min_lr=min(self.train.min_lr, self.train.peak_lr),
+                                         loss_scale_window=self.train.loss_scale_window)
         total = self.train.steps * self.train.global_batch_size
         self.scheduler = build_lr_scheduler(self.optimizer, LRScheduleConfig(
             peak_lr=self.train.peak_lr, min_lr=min(self.train.min_lr, self.train.peak_lr),
@@ -166,9 +167,11 @@ class Trainer:
 
     def save(self) -> None:
         self.state.detector = self.detector.state_dict()
+        fault = self.train.fault_injection
+        crash = fault.kind == "crash_during_save" and fault.step == self.state.step
         path = save_checkpoint(self.checkpoints, self.state.step, self.model, self.optimizer,
                                {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
-                               keep_last=self.train.keep_last)
+                               keep_last=self.train.keep_last, crash_before_publish=crash)
         self._event("checkpoint_saved", f"saved step {self.state.step}", path=str(path))
 
     def load_latest(self) -> bool:
@@ -202,7 +205,9 @@ class Trainer:
         """Test-only fault, tied to the data position like a real bad batch: after a rollback
         that skips the batch, it does not fire again."""
         fault = self.train.fault_injection
-        if fault.step < 0 or self.state.consumed_samples != fault.step * self.train.global_batch_size:
+        first = fault.step * self.train.global_batch_size
+        if fault.step < 0 or fault.kind == "crash_during_save" or not (
+                first <= self.state.consumed_samples < first + fault.count * self.train.global_batch_size):
             return loss
         if fault.kind == "nan":
             for chunk in self.model:
@@ -302,8 +307,9 @@ class Trainer:
         if dist.get_rank() == 0:
             (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a longer run continues this one
         resumed = self.load_latest()
+        extra = {} if resumed else {"val_loss": self._validate()}  # the step-0 reference
         self._event("restart" if resumed else "start", "training", world_size=dist.get_world_size(),
-                    layout=self._layout())
+                    layout=self._layout(), **{k: v for k, v in extra.items() if v is not None})
         stop = _StopSignal()
         while self.state.step < self.train.steps:
             record = self.step()

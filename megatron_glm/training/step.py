@@ -97,6 +97,7 @@ def build_optimizer(
     clip_grad: float = 1.0,
     use_distributed_optimizer: bool = True,
     min_lr: Optional[float] = None,
+    loss_scale_window: int = 200,
 ):
     """megatron-core Adam with decoupled weight decay (no decay on LayerNorm and biases)."""
     config = model[0].config
@@ -113,10 +114,12 @@ def build_optimizer(
         bf16=config.bf16,
         params_dtype=config.params_dtype,
         use_distributed_optimizer=use_distributed_optimizer,
-        # Dynamic loss scaling as GLM-130B (GLM130B.md §3): start 2^16, hysteresis 2, floor 1.
+        # Dynamic loss scaling as GLM-130B (GLM130B.md §3): start 2^16, hysteresis 2, floor 1,
+        # window 200 (its DeepSpeed config).
         initial_loss_scale=2.0**16,
         min_loss_scale=1.0,
         hysteresis=2,
+        loss_scale_window=loss_scale_window,
     )
     optimizer = get_megatron_optimizer(optimizer_config, model)
     config.grad_scale_func = optimizer.scale_loss  # the schedules scale the loss (FP16 loss scaling)

@@ -16,7 +16,9 @@ def summarize(run_dir: str) -> dict:
     records, _ = read_metrics(run_dir)
     events, _ = read_events(run_dir)
     validation = [r for r in records if r.get("val_loss") is not None]
+    start = next((e for e in events if e["kind"] == "start"), {})
     return {
+        "step0_val_loss": start.get("val_loss"),
         "steps": records[-1]["step"] if records else 0,
         "first_loss": records[0]["loss"] if records else None,
         "last_loss": records[-1]["loss"] if records else None,

@@ -98,3 +98,76 @@ def test_spike_guard_acts_and_records(tmp_path, kind, policy):
         assert "rollback" in kinds and "skip" in kinds
         rollback = next(e for e in events if e["kind"] == "rollback")
         assert rollback["to_step"] == 20
+
+
+def test_fp16_overflow_skips_and_the_loss_scale_recovers(tmp_path):
+    """Two overflowing steps (hysteresis 2) halve the scale; after `loss_scale_window` good steps
+    it doubles back. The overflowing updates are skipped and counted."""
+    run_dir = tmp_path / "run"
+    codes = _train(tmp_path, run_dir, 1, "precision=fp16", "train.steps=12", "train.loss_scale_window=3",
+                   "train.fault_injection.step=4", "train.fault_injection.count=2",
+                   "train.fault_injection.kind=nan")
+    assert codes == [0]
+    records, _ = read_metrics(run_dir, validate=True)
+    scales = [r["loss_scale"] for r in records]  # the scale after each step
+    assert scales[0] == 2.0**16
+    assert [r["grad_norm"] is None for r in records][4:6] == [True, True]  # steps 5 and 6 overflow
+    assert scales[4] == scales[3]  # first overflow: hysteresis, no change
+    assert scales[5] == scales[4] / 2  # second overflow: halved
+    assert scales[8] == scales[5] * 2  # three good steps (window 3): doubled again
+    assert records[-1]["skipped"] == 2
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(AssertionError, match="exit 137"):
+        _train(tmp_path, run_dir, 1, "train.steps=8", "train.save_interval=2",
+               "train.fault_injection.step=4", "train.fault_injection.kind=crash_during_save")
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "iter_0000002"
+    assert not (checkpoints / "iter_0000004").exists()
+    codes = _train(tmp_path, run_dir, 1, "train.steps=8", "train.save_interval=2")
+    assert codes == [0] and (run_dir / "DONE").exists()
+    events, _ = read_events(run_dir)
+    loaded = [e for e in events if e["kind"] == "checkpoint_loaded"]
+    assert loaded and loaded[0]["path"].endswith("iter_0000002")
+
+
+def test_stop_signal_saves_and_asks_for_requeue(tmp_path):
+    """SIGUSR1 (Slurm's pre-timeout signal) -> checkpoint at the next step boundary, exit 75."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from multirank.harness import SCENARIOS, free_port
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(RUN))
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    with open(tmp_path / "rank0.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(SCENARIOS), "train_cli", str(tmp_path), "--config", str(config),
+                                 "--run-dir", str(run_dir), "train.steps=100000"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                metrics = run_dir / "metrics.jsonl"
+                if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                    break
+                assert proc.poll() is None, (tmp_path / "rank0.log").read_text()[-2000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGUSR1)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert (tmp_path / "exit.rank0").read_text() == "75"
+    assert not (run_dir / "DONE").exists()
+    events, _ = read_events(run_dir, validate=True)
+    assert events[-1]["kind"] == "stop" and events[-1]["exit_code"] == 75
+    assert (run_dir / "checkpoints" / "latest").exists()
