@@ -34,6 +34,14 @@ class MicroBatch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
 
+    def to_current_device(self) -> "MicroBatch":
+        """The batch on this rank's GPU (batches are built on the CPU); unchanged without CUDA."""
+        if not torch.cuda.is_available():
+            return self
+        device = torch.cuda.current_device()
+        return MicroBatch(**{name: getattr(self, name).to(device, non_blocking=True)
+                             for name in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")})
+
 
 def collate(samples: Sequence[PackedSample]) -> MicroBatch:
     """Stack packed samples into one micro-batch."""
@@ -62,7 +70,7 @@ def _loss_func(loss_mask: torch.Tensor, token_loss: torch.Tensor):
 
 def glm_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
     """forward_step_func for megatron-core schedules: every stage gets positions and the mask."""
-    batch = next(data_iterator)
+    batch = next(data_iterator).to_current_device()
     token_loss = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
     return token_loss, partial(_loss_func, batch.loss_mask)
 
