@@ -41,10 +41,15 @@ def peak_tflops() -> float:
     raise SystemExit(f"unknown GPU {name}: add its dense fp16/bf16 peak to PEAK_TFLOPS")
 
 
-def model_flops_per_token(args) -> float:
-    h, f, s, v = args.hidden, args.ffn, args.seq, args.vocab
-    layer = 2 * (3 * h * h + h * h + 2 * h * f + f * h) + 4 * s * h
-    return args.layers * layer, 2 * h * v
+def model_flops_per_token(args):
+    """Forward FLOPs per token of the layers and of the LM head (megatron_glm.training.flops)."""
+    from megatron_glm.config.schema import ModelConfig
+    from megatron_glm.training.flops import forward_flops_per_sequence
+
+    config = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+                         ffn_hidden_size=args.ffn, vocab_size=args.vocab, seq_length=args.seq)
+    parts = forward_flops_per_sequence(config, args.seq)
+    return parts["layers"] / args.seq, parts["head"] / args.seq
 
 
 def build(kind: str, precision: str, recompute: str, args):

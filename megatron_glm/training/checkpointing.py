@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.utils import unwrap_model
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 LATEST = "latest"
@@ -50,11 +51,6 @@ def _metadata() -> Dict[str, Any]:
             "chained_optim_avoid_prefix": True}
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
 
 def _layout() -> Dict[str, int]:
     return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
@@ -70,7 +66,7 @@ def _rng_state() -> Dict[str, Any]:
 
 def _sharded_state(model: List[torch.nn.Module], optimizer, is_loading: bool) -> Dict[str, Any]:
     metadata = _metadata()
-    chunks = [_unwrap(chunk) for chunk in model]
+    chunks = [unwrap_model(chunk) for chunk in model]
     state: Dict[str, Any] = {}
     if len(chunks) == 1:
         state["model"] = chunks[0].sharded_state_dict(metadata=metadata)
@@ -182,7 +178,7 @@ def load_checkpoint(path: Path, model: List[torch.nn.Module], optimizer) -> Dict
     if not same_layout:
         del state["rng_state"]
     loaded = dist_checkpointing.load(state, str(path))
-    chunks = [_unwrap(chunk) for chunk in model]
+    chunks = [unwrap_model(chunk) for chunk in model]
     if len(chunks) == 1:
         chunks[0].load_state_dict(loaded["model"])
     else:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+from megatron.core.utils import unwrap_model
 
 from megatron_glm.config.loader import to_yaml
 from megatron_glm.config.schema import RunConfig
@@ -85,11 +86,6 @@ def _is_writer_rank() -> bool:
             and parallel_state.get_data_parallel_rank() == 0)
 
 
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
 
 def _guarded_step(optimizer, allow) -> tuple:
     """megatron-core's ChainedOptimizer.step with a decision between the norm and the update.
@@ -107,15 +103,17 @@ def _guarded_step(optimizer, allow) -> tuple:
 
 
 def _param_norm(model) -> float:
-    squares = torch.zeros(1, dtype=torch.float64)
-    for chunk in model:
-        for param in chunk.parameters():
-            if getattr(param, "tensor_model_parallel", False) or parallel_state.get_tensor_model_parallel_rank() == 0:
-                squares += param.detach().double().pow(2).sum().cpu()
-    if torch.cuda.is_available():
-        squares = squares.cuda()
-    dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
-    return float(squares.sqrt().item())
+    """L2 norm of all parameters: TP-sharded ones from every TP rank, replicated ones once (TP rank
+    0), summed over the model-parallel group. Squares accumulate where the parameters live; one
+    value crosses to the host. (The last stage's copy of the tied embedding counts again under PP.)"""
+    count_replicated = parallel_state.get_tensor_model_parallel_rank() == 0
+    squares = [param.detach().float().pow(2).sum() for chunk in model for param in chunk.parameters()
+               if count_replicated or getattr(param, "tensor_model_parallel", False)]
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    total = torch.stack(squares).double().sum().to(device) if squares else torch.zeros((), dtype=torch.float64,
+                                                                                       device=device)
+    dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
+    return float(total.sqrt().item())
 
 
 class Trainer:
@@ -195,7 +193,7 @@ class Trainer:
     def _forward_backward(self) -> float:
         for chunk in self.model:
             chunk.zero_grad_buffer()
-            _unwrap(chunk).set_training_step(self.state.step)
+            unwrap_model(chunk).set_training_step(self.state.step)
         self.optimizer.zero_grad()
         batches = self.data.batches_at(self.state.consumed_samples)
         losses = run_schedule(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length, False)
