@@ -21,6 +21,7 @@ setup(
         "psutil>=5.9",
         "tqdm>=4.60",
         "zstandard>=0.22",
+        "tensorboard>=2.10",
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],

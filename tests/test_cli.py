@@ -53,12 +53,6 @@ def test_describe_explains_bad_input():
     assert "unknown field 'model.num_heads'" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["glm-launch", "glm-ckpt", "glm-monitor"])
-def test_later_commands_say_they_are_not_available_yet(command):
-    result = _run(command)
-    assert result.returncode == 2 and "not available yet" in result.stderr
-
-
 def test_train_rejects_a_bad_config_before_starting(tmp_path):
     """Layout that does not divide, data that does not exist: exit 2 with the fixes, nothing created."""
     result = subprocess.run([str(BIN / "glm-train"), "--config", "tiny-cpu", "--run-dir", str(tmp_path / "run"),
@@ -66,4 +60,31 @@ def test_train_rejects_a_bad_config_before_starting(tmp_path):
     assert result.returncode == 2
     assert "num_attention_heads=4 is not divisible by parallel.tensor=3" in result.stderr
     assert "data.tokenizer_model=runs/demo/data/tokenizer.model: no such file" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_rejects_an_unwritable_run_dir_and_bad_batches_before_starting(tmp_path):
+    """No process group, no directory: the run dir's parent is read-only, the batch does not divide."""
+    import os
+
+    if os.geteuid() == 0:
+        parent = tmp_path / "a-file"
+        parent.write_text("not a directory")
+        expected = "is a file, not a directory"
+    else:
+        parent = tmp_path / "read-only"
+        parent.mkdir(mode=0o555)
+        expected = "is not writable"
+    result = subprocess.run([str(BIN / "glm-train"), "--config", "glm-tiny", "--run-dir", str(parent / "run")],
+                            capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr and "choose another --run-dir" in result.stderr
+    env = dict(os.environ, RANK="0", WORLD_SIZE="4", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
+    result = subprocess.run([str(BIN / "glm-train"), "--config", "glm-tiny", "--run-dir", str(tmp_path / "run"),
+                             "parallel.tensor=2", "train.global_batch_size=7", "train.rampup_batch_size=[2,3,10]"],
+                            capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "train.global_batch_size=7 must be a multiple of train.micro_batch_size 1 x data-parallel size 2" \
+        in result.stderr
+    assert "rampup start=2" not in result.stderr  # 2 divides; the increment 3 does not
+    assert "train.rampup_batch_size increment=3 must be a multiple" in result.stderr
     assert not (tmp_path / "run").exists()

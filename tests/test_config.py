@@ -86,7 +86,8 @@ def test_layers_not_divisible_by_pipeline():
 def test_glm130b_uneven_pipeline_is_valid():
     """GLM-130B's own split: 8 layers on the first and last of 8 stages, 9 on the middle six."""
     run = load_run_config("glm-130b", ["parallel.tensor=4", "parallel.pipeline=8",
-                                       "parallel.first_stage_layers=8", "parallel.last_stage_layers=8"])
+                                       "parallel.first_stage_layers=8", "parallel.last_stage_layers=8",
+                                       "train.global_batch_size=4224"])
     assert config_problems(run, world_size=768) == []
 
 

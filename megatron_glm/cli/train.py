@@ -61,8 +61,13 @@ def _smoke(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from megatron_glm.config.loader import ConfigError
+    from megatron_glm.config.validate import run_dir_problems
     from megatron_glm.training.loop import run_training
 
+    problems = run_dir_problems(args.run_dir)
+    if problems:
+        raise ConfigError(problems)
     return _distributed(args, lambda run, world: run_training(run, args.run_dir))
 
 

@@ -146,8 +146,8 @@ class FaultInjection:
     """Consecutive batches to inject on (FP16 hysteresis needs more than one overflow)."""
     kind: str = "spike"
     """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN;
-    "crash_during_save": the process dies (exit 137) after writing a checkpoint's files, before
-    publishing it (the kill -9 test)."""
+    "stall_during_save": every rank stops after writing a checkpoint's files, before publishing
+    it, until killed (the kill -9 test kills the job from outside at that moment)."""
 
 
 @dataclass
@@ -157,6 +157,9 @@ class TrainConfig:
     steps: int = 100
     global_batch_size: int = 8
     micro_batch_size: int = 1
+    rampup_batch_size: List[int] = field(default_factory=list)
+    """[start, increment, ramp_samples]: megatron-core's batch-size ramp-up (GLM-130B: 192, 24,
+    5493164 up to 4224). Empty: the full global batch from the first step."""
     peak_lr: float = 8e-5
     min_lr: float = 8e-6
     warmup_samples: int = 0
@@ -176,6 +179,8 @@ class TrainConfig:
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3
+    tensorboard: bool = True
+    """Also write the metrics as TensorBoard scalars under RUN_DIR/tb/."""
     skip_sample_ranges: List[Tuple[int, int]] = field(default_factory=list)
     """[first, last] sample ranges to jump over (GLM-130B skipped the data of iterations
     40701-40900 and 42401-42600)."""

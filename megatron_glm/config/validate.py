@@ -16,6 +16,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 RECOMPUTE_GRANULARITIES = ("none", "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
 ATTENTION_BACKENDS = ("local", "sdpa")
+SPIKE_POLICIES = ("log", "skip", "rollback")
+FAULT_KINDS = ("spike", "nan", "stall_during_save")
 
 
 def _divisors(n: int, limit: int = 12) -> str:
@@ -112,6 +114,7 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List
     problems.extend(_embedding_grad_shrink_problems(config))
     problems.extend(_pipeline_problems(config))
     problems.extend(_data_problems(config))
+    problems.extend(_train_problems(config, world_size))
     if model.attention_backend not in ATTENTION_BACKENDS:
         problems.append(
             f"model.attention_backend={model.attention_backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
@@ -164,6 +167,60 @@ def _data_problems(config: RunConfig) -> List[str]:
     if not 0.0 <= data.instruction_ratio < 1.0:
         problems.append(f"data.instruction_ratio={data.instruction_ratio} must be in [0, 1)")
     return problems
+
+
+def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
+    """Batch sizes that megatron-core's schedule and ramp-up calculator would reject mid-run."""
+    train, par = config.train, config.parallel
+    problems: List[str] = []
+    if train.steps < 1 or train.global_batch_size < 1 or train.micro_batch_size < 1:
+        return ["train.steps, train.global_batch_size and train.micro_batch_size must be >= 1"]
+    data_parallel = None
+    if world_size is not None and world_size % (par.tensor * par.pipeline) == 0:
+        data_parallel = world_size // (par.tensor * par.pipeline)
+    unit = train.micro_batch_size * (data_parallel or 1)
+    unit_name = (f"train.micro_batch_size {train.micro_batch_size} x data-parallel size {data_parallel} = {unit}"
+                 if data_parallel else f"train.micro_batch_size = {unit}")
+
+    def multiple_of_unit(what: str, value: int) -> None:
+        if value % unit:
+            problems.append(f"{what}={value} must be a multiple of {unit_name}; e.g. {max(unit, value - value % unit)}")
+
+    multiple_of_unit("train.global_batch_size", train.global_batch_size)
+    if train.rampup_batch_size:
+        if len(train.rampup_batch_size) != 3:
+            return problems + [f"train.rampup_batch_size={train.rampup_batch_size} must be [start, increment, "
+                               "ramp_samples], e.g. [192, 24, 5493164], or empty"]
+        start, increment, ramp_samples = train.rampup_batch_size
+        if not 0 < start <= train.global_batch_size or increment < 1 or ramp_samples < 0:
+            problems.append(f"train.rampup_batch_size={train.rampup_batch_size}: need 0 < start <= "
+                            f"train.global_batch_size ({train.global_batch_size}), increment >= 1, ramp_samples >= 0")
+        else:
+            if (train.global_batch_size - start) % increment:
+                problems.append(f"train.rampup_batch_size: global batch {train.global_batch_size} - start {start} "
+                                f"is not a multiple of the increment {increment}")
+            multiple_of_unit("train.rampup_batch_size start", start)
+            multiple_of_unit("train.rampup_batch_size increment", increment)
+    if train.fault_injection.kind not in FAULT_KINDS:
+        problems.append(f"train.fault_injection.kind={train.fault_injection.kind!r}; choose one of "
+                        f"{', '.join(FAULT_KINDS)}")
+    if train.spike_policy not in SPIKE_POLICIES:
+        problems.append(f"train.spike_policy={train.spike_policy!r}; choose one of {', '.join(SPIKE_POLICIES)}")
+    return problems
+
+
+def run_dir_problems(run_dir: str) -> List[str]:
+    """The run directory must be creatable and writable before any rank starts working."""
+    path = os.path.abspath(run_dir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return [f"run dir {run_dir}: {existing} is a file, not a directory; choose another --run-dir"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"run dir {run_dir}: {existing} is not writable by this user; choose another --run-dir "
+                "or fix its permissions"]
+    return []
 
 
 def _embedding_grad_shrink_problems(config: RunConfig) -> List[str]:

@@ -201,6 +201,17 @@ def blend_weights(text_prefixes: Sequence[str], text_weights: Sequence[float],
     return prefixes, weights
 
 
+def source_names(data) -> List[str]:
+    """Names of the blend's datasets in `dataset_id` order (the prefixes' file names, e.g. "pile",
+    "wudao", "mip"): the keys of `loss/<source>` in metrics.jsonl. Repeated names get a suffix."""
+    prefixes = [s.prefix for s in data.sources] + ([data.instruction_prefix] if data.instruction_prefix else [])
+    names: List[str] = []
+    for prefix in prefixes:
+        name = os.path.basename(prefix.rstrip("/")) or "source"
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
+
+
 def objective_for_length(seq_length: int, reproduce_window_overflow: bool = False) -> GLMObjectiveConfig:
     """GLM-130B's mix at another sequence length: 2000 of every 2048 tokens are raw text."""
     row = seq_length * 2000 // 2048

@@ -18,8 +18,10 @@ and restored only when the layout is unchanged (dropout masks cannot be resharde
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -28,6 +30,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.utils import unwrap_model
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+log = logging.getLogger("glm-train")
 
 LATEST = "latest"
 OPTIMIZER_SHARDING = "fully_reshardable"
@@ -86,11 +90,11 @@ def _sharded_state(model: List[torch.nn.Module], optimizer, is_loading: bool) ->
 
 def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], optimizer,
                     common: Dict[str, Any], keep_last: Optional[int] = None,
-                    crash_before_publish: bool = False) -> Path:
+                    stall_before_publish: bool = False) -> Path:
     """Collective: every rank calls it. Returns the published checkpoint's path.
 
-    crash_before_publish (tests only) kills the process after the files are written and before the
-    rename, the worst moment for a kill -9."""
+    stall_before_publish (tests only) stops every rank after the files are written and before the
+    rename, the worst moment for a kill -9, until the test kills the job from outside."""
     root = Path(directory)
     final = root / checkpoint_name(step)
     tmp = root / f"{checkpoint_name(step)}.tmp"
@@ -103,8 +107,10 @@ def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], opt
     state["common"] = dict(common, layout=_layout(), step=step)
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
-    if crash_before_publish:
-        os._exit(137)
+    if stall_before_publish:
+        log.warning("stalling before publishing %s (test fault injection): waiting to be killed", tmp)
+        while True:
+            time.sleep(1.0)
     if dist.get_rank() == 0:
         if final.exists():
             shutil.rmtree(final)

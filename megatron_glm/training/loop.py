@@ -8,8 +8,12 @@ values, so every rank takes the same decision. A stop signal (SIGTERM, or Slurm'
 the time limit) saves a checkpoint at the next step boundary and exits with EXIT_REQUEUE; the end
 of training writes DONE.
 
-Run directory: config.yaml, metrics.jsonl, events.jsonl (megatron_glm.monitor.schema),
-checkpoints/ (megatron_glm.training.checkpointing), DONE.
+The global batch follows megatron-core's ramp-up calculator (`train.rampup_batch_size`); the LR
+scheduler counts samples, so a ramp-up needs no other change. Each step also reports the loss of
+every data source in the batch (`loss/<source>`, from the blend's dataset_id).
+
+Run directory: config.yaml, metrics.jsonl, events.jsonl (megatron_glm.monitor.schema), tb/
+(TensorBoard scalars of the same metrics), checkpoints/ (megatron_glm.training.checkpointing), DONE.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ from megatron_glm.monitor.spikes import SpikeDetector
 from megatron_glm.training import flops
 from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
 from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from megatron_glm.training.schedules import LRScheduleConfig, build_lr_scheduler
-from megatron_glm.training.step import build_optimizer, evaluate, global_mean_loss, run_schedule, wrap_for_training
+from megatron_glm.training.schedules import BatchRampup, BatchSizeSchedule, LRScheduleConfig, build_lr_scheduler
+from megatron_glm.training.step import (build_optimizer, evaluate, global_mean_loss, per_source_losses, run_schedule,
+                                        wrap_for_training)
+from megatron_glm.training.tensorboard import TensorBoardScalars
 
 log = logging.getLogger("glm-train")
 
@@ -123,23 +129,24 @@ class Trainer:
         self.checkpoints = str(self.run_dir / "checkpoints")
         self.writer = _is_writer_rank()
         self.dp = parallel_state.get_data_parallel_world_size()
-        if self.train.global_batch_size % (self.dp * self.train.micro_batch_size):
-            raise ValueError(f"train.global_batch_size {self.train.global_batch_size} must be a multiple of "
-                             f"data-parallel size {self.dp} x train.micro_batch_size {self.train.micro_batch_size}")
+        rampup = (BatchRampup(*self.train.rampup_batch_size, global_batch_size=self.train.global_batch_size)
+                  if self.train.rampup_batch_size else None)
+        self.batch_sizes = BatchSizeSchedule(self.train.global_batch_size, self.train.micro_batch_size, self.dp, rampup)
+        planned_samples = self.batch_sizes.samples_before_step(self.train.steps)
         self.model = wrap_for_training(build_model_chunks(run))
         self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
                                          adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
                                          min_lr=min(self.train.min_lr, self.train.peak_lr),
                                          loss_scale_window=self.train.loss_scale_window)
-        total = self.train.steps * self.train.global_batch_size
         self.scheduler = build_lr_scheduler(self.optimizer, LRScheduleConfig(
             peak_lr=self.train.peak_lr, min_lr=min(self.train.min_lr, self.train.peak_lr),
             warmup_samples=self.train.warmup_samples,
-            decay_samples=max(self.train.decay_samples or total, self.train.warmup_samples + 1),
+            decay_samples=max(self.train.decay_samples or planned_samples, self.train.warmup_samples + 1),
             override_on_resume=self.train.override_lr_on_resume, weight_decay=self.train.weight_decay))
         if run.data.sources:
-            self.data = DatasetBatches(run, self.train.steps + 1, self.train.global_batch_size,
-                                       self.train.micro_batch_size)
+            # Twice the planned samples: skipped ranges and rollbacks move the stream forward.
+            self.data = DatasetBatches(run, 2 * planned_samples + self.train.global_batch_size,
+                                       self.train.global_batch_size, self.train.micro_batch_size)
             self.seq_length = run.model.seq_length
         else:
             self.seq_length = min(run.model.seq_length, 64)
@@ -152,11 +159,14 @@ class Trainer:
                      else flops.measure_cpu_matmul_peak_tflops(seconds=0.3))
         self.metrics = MetricsWriter(self.run_dir) if self.writer else None
         self.events = EventsWriter(self.run_dir) if self.writer else None
+        self.tensorboard = TensorBoardScalars(self.run_dir) if self.writer and self.train.tensorboard else None
 
     # --- events and checkpoints ------------------------------------------------------------
     def _event(self, kind: str, message: str, **fields) -> None:
         if self.events is not None:
-            self.events.write({"step": self.state.step, "kind": kind, "message": message, **fields})
+            record = self.events.write({"step": self.state.step, "kind": kind, "message": message, **fields})
+            if self.tensorboard is not None:
+                self.tensorboard.event(record)
 
     def _layout(self) -> dict:
         return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
@@ -166,10 +176,10 @@ class Trainer:
     def save(self) -> None:
         self.state.detector = self.detector.state_dict()
         fault = self.train.fault_injection
-        crash = fault.kind == "crash_during_save" and fault.step == self.state.step
+        stall = fault.kind == "stall_during_save" and fault.step == self.state.step
         path = save_checkpoint(self.checkpoints, self.state.step, self.model, self.optimizer,
                                {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
-                               keep_last=self.train.keep_last, crash_before_publish=crash)
+                               keep_last=self.train.keep_last, stall_before_publish=stall)
         self._event("checkpoint_saved", f"saved step {self.state.step}", path=str(path))
 
     def load_latest(self) -> bool:
@@ -190,22 +200,24 @@ class Trainer:
                 self._event("skip", f"skipping samples {first}-{last}", first_sample=first, last_sample=last)
                 self.state.consumed_samples = last + 1
 
-    def _forward_backward(self) -> float:
+    def _forward_backward(self, batch_size: int) -> tuple:
+        """(mean loss, {"loss/<source>": loss}) of the global batch at the current position."""
         for chunk in self.model:
             chunk.zero_grad_buffer()
             unwrap_model(chunk).set_training_step(self.state.step)
         self.optimizer.zero_grad()
-        batches = self.data.batches_at(self.state.consumed_samples)
+        batches = self.data.batches_at(self.state.consumed_samples, batch_size)
         losses = run_schedule(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length, False)
-        return global_mean_loss(losses)
+        return global_mean_loss(losses), per_source_losses(losses, self.data.source_names)
 
     def _inject(self, loss: float) -> float:
         """Test-only fault, tied to the data position like a real bad batch: after a rollback
         that skips the batch, it does not fire again."""
         fault = self.train.fault_injection
-        first = fault.step * self.train.global_batch_size
-        if fault.step < 0 or fault.kind == "crash_during_save" or not (
-                first <= self.state.consumed_samples < first + fault.count * self.train.global_batch_size):
+        if fault.step < 0 or fault.kind == "stall_during_save":
+            return loss
+        first = self.batch_sizes.samples_before_step(fault.step)
+        if not first <= self.state.consumed_samples < self.batch_sizes.samples_before_step(fault.step + fault.count):
             return loss
         if fault.kind == "nan":
             for chunk in self.model:
@@ -218,7 +230,9 @@ class Trainer:
     def step(self) -> dict:
         self._skip_bad_data()
         started = time.perf_counter()
-        loss = self._inject(self._forward_backward())
+        batch_size = self.batch_sizes.at(self.state.consumed_samples)
+        loss, source_losses = self._forward_backward(batch_size)
+        loss = self._inject(loss)
         verdict = {}
 
         def allow(grad_norm) -> bool:
@@ -232,7 +246,8 @@ class Trainer:
         applied, grad_norm, overflow = _guarded_step(self.optimizer, allow)
         spike = verdict.get("spike")
         record = {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm),
-                  "overflow": overflow, "applied": applied, "lr": lr}
+                  "overflow": overflow, "applied": applied, "lr": lr, "batch_size": batch_size,
+                  "source_losses": source_losses}
         if spike is not None:
             action = "log" if applied else self.train.spike_policy
             self._event("spike", f"{spike.reason} spike at step {self.state.step}: {action}", loss=spike.loss,
@@ -244,8 +259,8 @@ class Trainer:
                 self.state.nan_steps += 1
         if spike is not None and not applied and self.train.spike_policy == "rollback":
             return self._rollback(record)
-        self.state.consumed_samples += self.train.global_batch_size
-        self.scheduler.step(increment=self.train.global_batch_size)
+        self.state.consumed_samples += batch_size
+        self.scheduler.step(increment=batch_size)
         self.state.step += 1
         record["step_time_s"] = time.perf_counter() - started
         return record
@@ -255,11 +270,11 @@ class Trainer:
         path = latest_checkpoint(self.checkpoints)
         if path is None:
             self._event("error", "rollback requested but no checkpoint exists; skipping the update instead")
-            self.state.consumed_samples += self.train.global_batch_size
+            self.state.consumed_samples += record["batch_size"]
             self.state.step += 1
             return record
         self.load_latest()
-        first, last = failed_at, failed_at + max(self.train.global_batch_size, self.train.rollback_skip_samples) - 1
+        first, last = failed_at, failed_at + max(record["batch_size"], self.train.rollback_skip_samples) - 1
         self._event("rollback", f"rolled back to step {self.state.step}", path=str(path), to_step=self.state.step)
         self.state.skip_ranges.append([first, last])
         self._event("skip", f"will skip samples {first}-{last}", first_sample=first, last_sample=last)
@@ -273,7 +288,7 @@ class Trainer:
         if self.metrics is None:
             return
         seconds = max(record.get("step_time_s", 0.0), 1e-9)
-        sequences = self.train.global_batch_size
+        sequences = record["batch_size"]
         world = dist.get_world_size()
         tflops = flops.tflops_per_gpu(self.flops_per_sequence, sequences, seconds, world)
         line = {
@@ -286,9 +301,12 @@ class Trainer:
             "tflops_per_gpu": tflops, "mfu": flops.mfu(tflops, self.peak) if self.peak else None,
             "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         }
+        line.update(record["source_losses"])
         if val_loss is not None:
             line["val_loss"] = val_loss
-        self.metrics.write(line)
+        line = self.metrics.write(line)
+        if self.tensorboard is not None:
+            self.tensorboard.metrics(line)
         log.info("step %d/%d | loss %.4f | grad norm %s | lr %.3g | %.2f s/step | %.0f tokens/s%s",
                  self.state.step, self.train.steps, line["loss"],
                  "-" if line["grad_norm"] is None else f"{line['grad_norm']:.3f}", line["lr"],
@@ -341,6 +359,6 @@ def run_training(run: RunConfig, run_dir: str) -> int:
     try:
         return trainer.fit()
     finally:
-        for writer in (trainer.metrics, trainer.events):
+        for writer in (trainer.metrics, trainer.events, trainer.tensorboard):
             if writer is not None:
                 writer.close()

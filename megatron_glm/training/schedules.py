@@ -205,3 +205,28 @@ def get_current_global_batch_size() -> int:
 def destroy_num_microbatches() -> None:
     """Drop megatron-core's global calculator so another one can be initialised."""
     nmc.destroy_num_microbatches_calculator()
+
+
+class BatchSizeSchedule:
+    """The global batch size of every step of a run: constant, or megatron-core's ramp-up.
+
+    The loop asks `at(consumed_samples)` before each step; `samples_before_step(k)` answers where
+    step k starts in an undisturbed run (for planning the LR decay and the dataset size, and for
+    the test-only fault injector)."""
+
+    def __init__(self, global_batch_size: int, micro_batch_size: int, data_parallel_size: int,
+                 rampup: Optional[BatchRampup] = None):
+        self.global_batch_size = global_batch_size
+        self._calc = None if rampup is None else _calculator(rampup, micro_batch_size, data_parallel_size)
+
+    def at(self, consumed_samples: int) -> int:
+        if self._calc is None:
+            return self.global_batch_size
+        self._calc.update(consumed_samples, consistency_check=True)
+        return self._calc.get_current_global_batch_size()
+
+    def samples_before_step(self, step: int) -> int:
+        consumed = 0
+        for _ in range(step):
+            consumed += self.at(consumed)
+        return consumed

@@ -33,13 +33,13 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
         raise ValueError(f"global batch {global_batch} must be a multiple of data-parallel size "
                          f"{dp_size} x micro batch {micro_batch}")
     if run.data.sources:
-        data = DatasetBatches(run, steps, global_batch, micro_batch)
+        data = DatasetBatches(run, steps * global_batch, global_batch, micro_batch)
         seq_length = run.model.seq_length
     else:
         data = SyntheticBatches(run, global_batch, micro_batch, seq_length)
     model = wrap_for_training(build_model_chunks(run))
     optimizer = build_optimizer(model, lr=lr)
-    num_micro = data.per_rank // micro_batch
+    num_micro = global_batch // parallel_state.get_data_parallel_world_size() // micro_batch
     validation = data.validation_batches()
     summary: dict = {}
     if validation is not None:
@@ -47,7 +47,7 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
     losses = []
     for step in range(steps):
         started = time.perf_counter()
-        result = train_step(model, optimizer, data.train_batches(step), num_micro, micro_batch, seq_length)
+        result = train_step(model, optimizer, data.batches_at(step * global_batch), num_micro, micro_batch, seq_length)
         losses.append(result.loss)
         if _is_reporting_rank():
             grad_norm = None if result.grad_norm is None else round(float(result.grad_norm), 5)

@@ -33,14 +33,17 @@ class MicroBatch:
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
+    source_ids: Optional[torch.Tensor] = None
+    """[b] index of each sequence's data source (the blend's dataset_id); stays on the CPU."""
 
     def to_current_device(self) -> "MicroBatch":
         """The batch on this rank's GPU (batches are built on the CPU); unchanged without CUDA."""
         if not torch.cuda.is_available():
             return self
         device = torch.cuda.current_device()
-        return MicroBatch(**{name: getattr(self, name).to(device, non_blocking=True)
-                             for name in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")})
+        moved = {name: getattr(self, name).to(device, non_blocking=True)
+                 for name in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")}
+        return MicroBatch(**moved, source_ids=self.source_ids)
 
 
 def collate(samples: Sequence[PackedSample]) -> MicroBatch:
@@ -56,23 +59,31 @@ def collate(samples: Sequence[PackedSample]) -> MicroBatch:
     )
 
 
+def sequence_losses(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """[b]: sum(loss * mask) / sum(mask) of each sequence (GLM130B.md §2.4)."""
+    return (token_loss * loss_mask).sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1.0)
+
+
 def per_sequence_mean_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """mean over sequences of sum(loss * mask) / sum(mask): every sequence weighs the same."""
-    per_sequence = (token_loss * loss_mask).sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1.0)
-    return per_sequence.mean()
+    return sequence_losses(token_loss, loss_mask).mean()
 
 
-def _loss_func(loss_mask: torch.Tensor, token_loss: torch.Tensor):
-    loss = per_sequence_mean_loss(token_loss.float(), loss_mask)
+def _loss_func(loss_mask: torch.Tensor, source_ids: Optional[torch.Tensor], token_loss: torch.Tensor):
+    per_sequence = sequence_losses(token_loss.float(), loss_mask)
+    loss = per_sequence.mean()
     # clone: the schedule divides the returned loss in place by the number of micro-batches
-    return loss, {"loss": loss.detach().clone()}
+    reported = {"loss": loss.detach().clone(), "sequence_losses": per_sequence.detach()}
+    if source_ids is not None:
+        reported["source_ids"] = source_ids
+    return loss, reported
 
 
 def glm_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
     """forward_step_func for megatron-core schedules: every stage gets positions and the mask."""
     batch = next(data_iterator).to_current_device()
     token_loss = model(batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels)
-    return token_loss, partial(_loss_func, batch.loss_mask)
+    return token_loss, partial(_loss_func, batch.loss_mask, batch.source_ids)
 
 
 def wrap_for_training(chunks: List[torch.nn.Module], use_distributed_optimizer: bool = True) -> List[DistributedDataParallel]:
@@ -153,6 +164,25 @@ def global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
     torch.distributed.all_reduce(value, group=parallel_state.get_pipeline_model_parallel_group())
     torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
     return float(value.item()) / parallel_state.get_data_parallel_world_size()
+
+
+def per_source_losses(losses: List[Dict[str, torch.Tensor]], names: Sequence[str]) -> Dict[str, float]:
+    """Collective: mean per-sequence loss of each data source over the global batch, as
+    {"loss/<name>": value} for the sources present in it (the same dict on every rank)."""
+    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # [source] -> (sum of losses, sequences)
+    if parallel_state.is_pipeline_last_stage():
+        for entry in losses:
+            if "source_ids" not in entry:
+                continue
+            ids = entry["source_ids"].long().cpu()
+            sums[:, 0].index_add_(0, ids, entry["sequence_losses"].double().cpu())
+            sums[:, 1].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+    if torch.cuda.is_available():
+        sums = sums.cuda()
+    torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
+    torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
+    sums = sums.cpu()
+    return {f"loss/{name}": float(sums[i, 0] / sums[i, 1]) for i, name in enumerate(names) if sums[i, 1] > 0}
 
 
 def run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, forward_only):

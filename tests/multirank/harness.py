@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 SCENARIOS = Path(__file__).with_name("scenarios.py")
 
@@ -36,8 +36,9 @@ def _kill(procs: List[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 300.0) -> None:
-    """Run `scenarios.py scenario workdir args...` on nproc ranks; raise with the logs on failure."""
+def spawn_ranks(scenario: str, nproc: int, workdir: Path, *args: str) -> Tuple[List[subprocess.Popen], list]:
+    """Start `scenarios.py scenario workdir args...` on nproc ranks (each in its own session, log in
+    workdir/<scenario>.rank<r>.log). The caller must `kill_ranks` them in a finally."""
     port = free_port()
     procs, logs = [], []
     for rank in range(nproc):
@@ -48,6 +49,19 @@ def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: f
         logs.append(log)
         procs.append(subprocess.Popen([sys.executable, str(SCENARIOS), scenario, str(workdir), *args],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs, logs
+
+
+def kill_ranks(procs: List[subprocess.Popen], logs: list) -> None:
+    """SIGKILL every rank still alive (kill -9), reap them, close their logs."""
+    _kill(procs)
+    for log in logs:
+        log.close()
+
+
+def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 300.0) -> None:
+    """Run `scenarios.py scenario workdir args...` on nproc ranks; raise with the logs on failure."""
+    procs, logs = spawn_ranks(scenario, nproc, workdir, *args)
     deadline = time.monotonic() + timeout_s
     failed = None
     try:
@@ -60,9 +74,7 @@ def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: f
                 break
             time.sleep(0.2)
     finally:
-        _kill(procs)
-        for log in logs:
-            log.close()
+        kill_ranks(procs, logs)
     codes = [p.returncode for p in procs]
     if failed or any(codes):
         tails = []

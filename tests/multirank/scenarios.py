@@ -203,10 +203,10 @@ def data_consistency(workdir: Path) -> None:
     run = load_run_config(str(workdir / "data_run.yaml"))
     validate(run, world_size=discover_world().world_size)
     initialize_distributed(run, discover_world())
-    batches = DatasetBatches(run, steps=3, global_batch=8, micro_batch=2)
+    batches = DatasetBatches(run, train_samples=24, global_batch=8, micro_batch=2)
     seen = []
     for step in range(3):
-        for micro in batches.train_batches(step):
+        for micro in batches.batches_at(step * 8):
             for row in range(micro.tokens.shape[0]):
                 digest = hashlib.sha256()
                 for tensor in (micro.tokens[row], micro.position_ids[row], micro.attention_mask[row]):

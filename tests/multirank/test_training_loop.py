@@ -118,19 +118,41 @@ def test_fp16_overflow_skips_and_the_loss_scale_recovers(tmp_path):
     assert records[-1]["skipped"] == 2
 
 
-def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
+def test_kill_9_during_save_keeps_the_previous_checkpoint(tmp_path):
+    """Both ranks of a TP2 job are SIGKILLed from outside while the step-4 checkpoint's files are
+    written but not yet published: `latest` still names step 2, and the next run resumes there."""
+    import time
+
+    from multirank.harness import kill_ranks, spawn_ranks
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(RUN))
     run_dir = tmp_path / "run"
-    with pytest.raises(AssertionError, match="exit 137"):
-        _train(tmp_path, run_dir, 1, "train.steps=8", "train.save_interval=2",
-               "train.fault_injection.step=4", "train.fault_injection.kind=crash_during_save")
     checkpoints = run_dir / "checkpoints"
+    procs, logs = spawn_ranks("train_cli", 2, tmp_path, "--config", str(config), "--run-dir", str(run_dir),
+                              "parallel.tensor=2", "train.save_interval=2", "train.fault_injection.step=4",
+                              "train.fault_injection.kind=stall_during_save")
+    try:
+        deadline = time.monotonic() + 240
+        while not all("stalling before publishing" in (tmp_path / f"train_cli.rank{r}.log").read_text()
+                      for r in range(2)):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                (tmp_path / "train_cli.rank0.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert (checkpoints / "iter_0000004.tmp").is_dir()  # written, not published
+    finally:
+        kill_ranks(procs, logs)
+    assert [p.returncode for p in procs] == [-9, -9]
     assert (checkpoints / "latest").read_text() == "iter_0000002"
     assert not (checkpoints / "iter_0000004").exists()
-    codes = _train(tmp_path, run_dir, 1, "train.steps=8", "train.save_interval=2")
-    assert codes == [0] and (run_dir / "DONE").exists()
+    codes = _train(tmp_path, run_dir, 2, "parallel.tensor=2", "train.save_interval=2")
+    assert codes == [0, 0] and (run_dir / "DONE").exists()
     events, _ = read_events(run_dir)
     loaded = [e for e in events if e["kind"] == "checkpoint_loaded"]
     assert loaded and loaded[0]["path"].endswith("iter_0000002")
+    assert not list(checkpoints.glob("*.tmp"))
+    # steps 3-4 ran before the kill and again after the resume from step 2
+    assert [r["step"] for r in read_metrics(run_dir)[0]] == [1, 2, 3, 4, 3, 4, 5, 6, 7, 8]
 
 
 def test_stop_signal_saves_and_asks_for_requeue(tmp_path):
