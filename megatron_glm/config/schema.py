@@ -179,6 +179,8 @@ class TrainConfig:
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3
+    async_save: bool = False
+    """Write checkpoints in the background (megatron-core async save); published when complete."""
     tensorboard: bool = True
     """Also write the metrics as TensorBoard scalars under RUN_DIR/tb/."""
     skip_sample_ranges: List[Tuple[int, int]] = field(default_factory=list)

@@ -3,11 +3,12 @@
 Layout of `CHECKPOINTS_DIR`:
     iter_0000400/          one complete checkpoint (dist_checkpointing's files + common state)
     latest                 text file naming the newest complete checkpoint ("iter_0000400")
-A save writes into `iter_0000400.tmp-<job>` and is renamed into place by global rank 0 after every
+A save writes into `iter_0000400.tmp` and is renamed into place by global rank 0 after every
 rank has finished writing (a barrier); `latest` is replaced last (write + os.replace). A process
 killed at any moment therefore leaves `latest` pointing at the previous complete checkpoint, and
 loading never sees a half-written one. Older checkpoints beyond `keep_last` are deleted after the
-new one is published.
+new one is published. With an async queue the same publish step runs when megatron-core finalises
+the background write, so the guarantee is the same.
 
 What is saved: every model chunk (megatron-core sharded state dicts, so TP/PP/DP may change on
 load), the DistributedOptimizer state in its `fully_reshardable` format (canonical per-parameter
@@ -23,13 +24,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.utils import unwrap_model
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
 log = logging.getLogger("glm-train")
 
@@ -90,9 +92,14 @@ def _sharded_state(model: List[torch.nn.Module], optimizer, is_loading: bool) ->
 
 def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], optimizer,
                     common: Dict[str, Any], keep_last: Optional[int] = None,
-                    stall_before_publish: bool = False) -> Path:
-    """Collective: every rank calls it. Returns the published checkpoint's path.
+                    stall_before_publish: bool = False, async_queue: Optional[AsyncCallsQueue] = None,
+                    on_published: Optional[Callable[[Path], None]] = None) -> Path:
+    """Collective: every rank calls it. Returns the checkpoint's final path; `on_published(path)`
+    runs on every rank once `latest` names it.
 
+    async_queue: write the files in background processes (megatron-core's async save: tensors are
+    staged to host memory and a forked writer saves them while training goes on); the checkpoint is
+    published when the queue finalises the request (`maybe_finalize_async_calls`, collective).
     stall_before_publish (tests only) stops every rank after the files are written and before the
     rename, the worst moment for a kill -9, until the test kills the job from outside."""
     root = Path(directory)
@@ -105,23 +112,39 @@ def save_checkpoint(directory: str, step: int, model: List[torch.nn.Module], opt
     dist.barrier()
     state = _sharded_state(model, optimizer, is_loading=False)
     state["common"] = dict(common, layout=_layout(), step=step)
-    dist_checkpointing.save(state, str(tmp))
-    dist.barrier()
-    if stall_before_publish:
-        log.warning("stalling before publishing %s (test fault injection): waiting to be killed", tmp)
-        while True:
-            time.sleep(1.0)
-    if dist.get_rank() == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / f"{LATEST}.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, root / LATEST)
-        if keep_last:
-            _prune(root, keep_last, final.name)
-    dist.barrier()
+
+    def publish() -> None:
+        dist.barrier()  # every rank's files (and rank 0's metadata) are complete
+        if stall_before_publish:
+            log.warning("stalling before publishing %s (test fault injection): waiting to be killed", tmp)
+            while True:
+                time.sleep(1.0)
+        if dist.get_rank() == 0:
+            _publish(root, tmp, final, keep_last)
+        dist.barrier()
+        if on_published is not None:
+            on_published(final)
+
+    if async_queue is None:
+        dist_checkpointing.save(state, str(tmp))
+        publish()
+    else:
+        request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True)
+        request.add_finalize_fn(publish)
+        async_queue.schedule_async_request(request)
     return final
+
+
+def _publish(root: Path, tmp: Path, final: Path, keep_last: Optional[int]) -> None:
+    """Rank 0: rename the complete checkpoint into place, then point `latest` at it, then prune."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = root / f"{LATEST}.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / LATEST)
+    if keep_last:
+        _prune(root, keep_last, final.name)
 
 
 def _prune(root: Path, keep_last: int, newest: str) -> None:

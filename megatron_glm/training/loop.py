@@ -30,6 +30,7 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.utils import unwrap_model
 
@@ -160,11 +161,13 @@ class Trainer:
         self.metrics = MetricsWriter(self.run_dir) if self.writer else None
         self.events = EventsWriter(self.run_dir) if self.writer else None
         self.tensorboard = TensorBoardScalars(self.run_dir) if self.writer and self.train.tensorboard else None
+        self.async_saves = AsyncCallsQueue() if self.train.async_save else None
 
     # --- events and checkpoints ------------------------------------------------------------
-    def _event(self, kind: str, message: str, **fields) -> None:
+    def _event(self, kind: str, message: str, step: Optional[int] = None, **fields) -> None:
         if self.events is not None:
-            record = self.events.write({"step": self.state.step, "kind": kind, "message": message, **fields})
+            record = self.events.write({"step": self.state.step if step is None else step, "kind": kind,
+                                        "message": message, **fields})
             if self.tensorboard is not None:
                 self.tensorboard.event(record)
 
@@ -177,12 +180,24 @@ class Trainer:
         self.state.detector = self.detector.state_dict()
         fault = self.train.fault_injection
         stall = fault.kind == "stall_during_save" and fault.step == self.state.step
-        path = save_checkpoint(self.checkpoints, self.state.step, self.model, self.optimizer,
-                               {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
-                               keep_last=self.train.keep_last, stall_before_publish=stall)
-        self._event("checkpoint_saved", f"saved step {self.state.step}", path=str(path))
+        step = self.state.step
+        self.finish_saves()  # at most one checkpoint in flight
+
+        def published(path) -> None:
+            self._event("checkpoint_saved", f"saved step {step}", step=step, path=str(path))
+
+        save_checkpoint(self.checkpoints, step, self.model, self.optimizer,
+                        {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
+                        keep_last=self.train.keep_last, stall_before_publish=stall, async_queue=self.async_saves,
+                        on_published=published)
+
+    def finish_saves(self, blocking: bool = True) -> None:
+        """Collective: publish background checkpoints that are complete (all of them if blocking)."""
+        if self.async_saves is not None:
+            self.async_saves.maybe_finalize_async_calls(blocking=blocking)
 
     def load_latest(self) -> bool:
+        self.finish_saves()
         path = latest_checkpoint(self.checkpoints)
         if path is None:
             return False
@@ -338,12 +353,15 @@ class Trainer:
                 self._write_metrics(record, val_loss)
             if self.train.save_interval and self.state.step % self.train.save_interval == 0 and not last:
                 self.save()
+            self.finish_saves(blocking=False)
             if stop.agreed():
                 self.save()
+                self.finish_saves()
                 self._event("stop", "stop signal: checkpoint saved, please requeue", reason="signal",
                             exit_code=EXIT_REQUEUE)
                 return EXIT_REQUEUE
         self.save()
+        self.finish_saves()
         self._event("stop", "training complete", reason="done", exit_code=0)
         if dist.get_rank() == 0:
             (self.run_dir / DONE_MARKER).write_text(f"step {self.state.step}\n")
@@ -359,6 +377,8 @@ def run_training(run: RunConfig, run_dir: str) -> int:
     try:
         return trainer.fit()
     finally:
+        if trainer.async_saves is not None and trainer.async_saves.get_num_unfinalized_calls():
+            trainer.async_saves.close(abort=True)  # failing: do not publish a checkpoint of a broken run
         for writer in (trainer.metrics, trainer.events, trainer.tensorboard):
             if writer is not None:
                 writer.close()

@@ -39,6 +39,10 @@ def runs(tmp_path_factory):
     results["second_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2)
     results["first_half_other"] = _train(workdir, workdir / "other", 4, *TP2_PP2, "train.steps=4")
     results["second_half_other"] = _train(workdir, workdir / "other", 2)  # TP1 x PP1 x DP2
+    results["first_half_async"] = _train(workdir, workdir / "async", 4, *TP2_PP2, "train.steps=4",
+                                         "train.save_interval=2", "train.async_save=true")
+    results["second_half_async"] = _train(workdir, workdir / "async", 4, *TP2_PP2, "train.save_interval=2",
+                                          "train.async_save=true")
     return workdir, results
 
 
@@ -68,6 +72,19 @@ def test_resume_is_bitwise_exact(runs):
     assert sorted(resumed) == list(range(1, 9))
     for step in range(1, 9):
         assert resumed[step] == straight[step], step
+
+
+def test_async_checkpoints_publish_and_resume_exactly(runs):
+    """Background (megatron-core async) saves: every checkpoint is published under its own step,
+    `latest` moves forward, and resuming from one reproduces the uninterrupted run bitwise."""
+    workdir, _ = runs
+    events, _ = read_events(workdir / "async", validate=True)
+    saved = [(e["step"], e["path"].rsplit("/", 1)[-1]) for e in events if e["kind"] == "checkpoint_saved"]
+    assert saved == [(2, "iter_0000002"), (4, "iter_0000004"), (6, "iter_0000006"), (8, "iter_0000008")]
+    checkpoints = workdir / "async" / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "iter_0000008" and not list(checkpoints.glob("*.tmp"))
+    straight, resumed = _losses(workdir / "straight"), _losses(workdir / "async")
+    assert all(resumed[step] == straight[step] for step in range(1, 9))
 
 
 def test_resume_at_another_layout_stays_within_1e5(runs):
