@@ -184,8 +184,11 @@ class TrainConfig:
     tensorboard: bool = True
     """Also write the metrics as TensorBoard scalars under RUN_DIR/tb/."""
     skip_sample_ranges: List[Tuple[int, int]] = field(default_factory=list)
-    """[first, last] sample ranges to jump over (GLM-130B skipped the data of iterations
-    40701-40900 and 42401-42600)."""
+    """[first, last] sample ranges (0-based, inclusive) to jump over."""
+    skip_step_ranges: List[Tuple[int, int]] = field(default_factory=list)
+    """[first, last] steps (1-based, inclusive) whose data to jump over, as GLM-130B did for
+    iterations 40701-40900 and 42401-42600: the samples those steps would have read in an
+    undisturbed run (batch ramp-up included) are skipped."""
     spike_policy: str = "skip"
     """What the spike guard does: "log", "skip" (drop the update) or "rollback" (reload the last
     checkpoint and jump over the next `rollback_skip_samples`). Non-finite values are never applied."""

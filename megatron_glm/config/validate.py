@@ -201,6 +201,12 @@ def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
                                 f"is not a multiple of the increment {increment}")
             multiple_of_unit("train.rampup_batch_size start", start)
             multiple_of_unit("train.rampup_batch_size increment", increment)
+    for name in ("skip_sample_ranges", "skip_step_ranges"):
+        lowest = 1 if name == "skip_step_ranges" else 0
+        for entry in getattr(train, name):
+            if len(entry) != 2 or not lowest <= entry[0] <= entry[1]:
+                problems.append(f"train.{name} entry {list(entry)} must be [first, last] with "
+                                f"{lowest} <= first <= last")
     if train.fault_injection.kind not in FAULT_KINDS:
         problems.append(f"train.fault_injection.kind={train.fault_injection.kind!r}; choose one of "
                         f"{', '.join(FAULT_KINDS)}")

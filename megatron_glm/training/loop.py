@@ -134,6 +134,9 @@ class Trainer:
                   if self.train.rampup_batch_size else None)
         self.batch_sizes = BatchSizeSchedule(self.train.global_batch_size, self.train.micro_batch_size, self.dp, rampup)
         planned_samples = self.batch_sizes.samples_before_step(self.train.steps)
+        self.skip_ranges = [list(r) for r in self.train.skip_sample_ranges] + [
+            [self.batch_sizes.samples_before_step(first - 1), self.batch_sizes.samples_before_step(last) - 1]
+            for first, last in self.train.skip_step_ranges]
         self.model = wrap_for_training(build_model_chunks(run))
         self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
                                          adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
@@ -210,7 +213,7 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------
     def _skip_bad_data(self) -> None:
-        for first, last in list(self.train.skip_sample_ranges) + self.state.skip_ranges:
+        for first, last in self.skip_ranges + self.state.skip_ranges:
             if first <= self.state.consumed_samples <= last:
                 self._event("skip", f"skipping samples {first}-{last}", first_sample=first, last_sample=last)
                 self.state.consumed_samples = last + 1

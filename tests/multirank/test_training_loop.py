@@ -117,6 +117,16 @@ def test_spike_guard_acts_and_records(tmp_path, kind, policy):
         assert rollback["to_step"] == 20
 
 
+def test_skip_step_ranges_jump_over_that_data(tmp_path):
+    """GLM-130B-style "skip the data of iterations a-b": step 2's samples 8-15 are never trained on."""
+    run_dir = tmp_path / "run"
+    assert _train(tmp_path, run_dir, 1, "train.steps=4", "train.skip_step_ranges=[[2,2]]") == [0]
+    records, _ = read_metrics(run_dir, validate=True)
+    assert [r["consumed_samples"] for r in records] == [8, 24, 32, 40]
+    skips = [e for e in read_events(run_dir)[0] if e["kind"] == "skip"]
+    assert [(e["step"], e["first_sample"], e["last_sample"]) for e in skips] == [(1, 8, 15)]
+
+
 def test_fp16_overflow_skips_and_the_loss_scale_recovers(tmp_path):
     """Two overflowing steps (hysteresis 2) halve the scale; after `loss_scale_window` good steps
     it doubles back. The overflowing updates are skipped and counted."""
