@@ -85,6 +85,16 @@ def test_resume_reproduces_the_stream(train_stream, demo_tokenizer, demo_dataset
             assert torch.equal(torch.as_tensor(first[key]), torch.as_tensor(again[key])), (k, key)
 
 
+def test_stream_does_not_depend_on_the_planned_sample_count(train_stream, demo_tokenizer, demo_datasets, tmp_path):
+    """A run extended on resume (train.steps raised) asks for more samples: sample k must not change.
+    (megatron-core's unique_description_hash includes num_samples; seeding from it did change it.)"""
+    train, _, _ = train_stream
+    shorter, _, _ = build_glm_datasets(_config(demo_tokenizer, demo_datasets, tmp_path), [3000, 200, 0])
+    for k in (0, 1, 2, 57, 1500, 2999):
+        for key in ("tokens", "labels", "position_ids", "window_ids", "prefix_ends", "dataset_id"):
+            assert torch.equal(torch.as_tensor(train[k][key]), torch.as_tensor(shorter[k][key])), (k, key)
+
+
 def test_seed_changes_the_stream(train_stream, demo_tokenizer, demo_datasets, tmp_path):
     train, _, _ = train_stream
     other, _, _ = build_glm_datasets(_config(demo_tokenizer, demo_datasets, tmp_path, seed=7), [2000, 20, 0])

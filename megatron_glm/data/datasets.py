@@ -103,7 +103,12 @@ class GLMDataset(MegatronDataset):
             raise ValueError(f"{dataset_path} ({index_split.name} split) is too small for one sample")
         self.length = num_samples if num_samples is not None else self.epoch_samples
         self._permutations: Dict[int, np.ndarray] = {}
-        self._seed_base = (config.random_seed, index_split.name, self.unique_description_hash)
+        # Not megatron's unique_description_hash: it includes num_samples, and the stream must not
+        # change when a run is extended (train.steps raised on resume) or its sample count differs.
+        self._stream_key = hashlib.sha256(repr((
+            os.path.basename(dataset_path or ""), index_split.name, self.first_document, self.num_documents,
+            self.units, config.objective_description)).encode()).hexdigest()
+        self._seed_base = (config.random_seed, index_split.name, self._stream_key)
         self._permutation(0)  # built (and cached) here, so rank 0 builds it before the others load it
 
     @staticmethod
@@ -128,7 +133,7 @@ class GLMDataset(MegatronDataset):
         cache_dir = self.config.path_to_cache
         path = None
         if cache_dir:
-            path = os.path.join(cache_dir, f"{self.unique_description_hash}-glm-epoch{epoch}.npy")
+            path = os.path.join(cache_dir, f"{self._stream_key}-seed{self.config.random_seed}-glm-epoch{epoch}.npy")
             if os.path.exists(path):
                 permutation = np.load(path, mmap_mode="r")
                 self._permutations = {epoch: permutation}

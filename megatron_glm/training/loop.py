@@ -111,11 +111,13 @@ def _guarded_step(optimizer, allow) -> tuple:
 
 def _param_norm(model) -> float:
     """L2 norm of all parameters: TP-sharded ones from every TP rank, replicated ones once (TP rank
-    0), summed over the model-parallel group. Squares accumulate where the parameters live; one
-    value crosses to the host. (The last stage's copy of the tied embedding counts again under PP.)"""
+    0), summed over the model-parallel group; the last pipeline stage's copy of the tied embedding
+    (megatron-core marks it `shared`) is not counted twice. Squares accumulate where the parameters
+    live; one value crosses to the host."""
     count_replicated = parallel_state.get_tensor_model_parallel_rank() == 0
     squares = [param.detach().float().pow(2).sum() for chunk in model for param in chunk.parameters()
-               if count_replicated or getattr(param, "tensor_model_parallel", False)]
+               if not getattr(param, "shared", False)
+               and (count_replicated or getattr(param, "tensor_model_parallel", False))]
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     total = torch.stack(squares).double().sum().to(device) if squares else torch.zeros((), dtype=torch.float64,
                                                                                        device=device)

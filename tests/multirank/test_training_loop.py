@@ -92,6 +92,10 @@ def test_resume_at_another_layout_stays_within_1e5(runs):
     straight, other = _losses(workdir / "straight"), _losses(workdir / "other")
     for step in range(5, 9):
         assert abs(other[step] - straight[step]) / straight[step] < 1e-5, step
+    # the parameter norm counts every parameter once at any layout (the tied embedding too)
+    norms = {name: {r["step"]: r["param_norm"] for r in read_metrics(workdir / name)[0]} for name in ("straight", "other")}
+    for step in range(5, 9):
+        assert norms["other"][step] == pytest.approx(norms["straight"][step], rel=1e-5), step
 
 
 @pytest.mark.parametrize("kind, policy", [("spike", "skip"), ("nan", "skip"), ("spike", "rollback")])
