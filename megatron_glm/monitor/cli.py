@@ -1,11 +1,131 @@
-"""glm-monitor: the loss-spike dashboard. Not implemented yet (issue #7); says so instead of failing obscurely."""
+"""glm-monitor: watch training runs -- a live loss-spike dashboard, a spike table for cron/alerting,
+and a self-contained HTML report.
 
+    glm-monitor serve RUN [RUN ...] [--host 127.0.0.1] [--port 8750]
+    glm-monitor spikes RUN [--json] [--fail-on-spike]
+    glm-monitor report RUN [RUN ...] -o report.html
+
+RUN is a run directory written by ``glm-train`` (metrics.jsonl, events.jsonl, config.yaml) or a
+Megatron-LM text log file. Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input
+(missing run, unwritable output). The spike rule is the trainer's (megatron_glm.monitor.spikes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+from tqdm import tqdm
 
-def main() -> int:
-    print("glm-monitor is not available yet: the loss-spike dashboard lands with issue #7.", file=sys.stderr)
-    return 2
+from megatron_glm.monitor.run import RunStore
+
+log = logging.getLogger("glm-monitor")
+
+
+def _load(paths: list[str], background: bool) -> list[RunStore]:
+    stores = [RunStore(p) for p in paths]  # raises FileNotFoundError naming the path before any work
+    for store in tqdm(stores, desc="loading runs", unit="run", disable=None, leave=False):
+        store.load(background=background)
+        log.info("%s: %d rows in %.2f s (%d bad lines)", store.path, store.n, store.load_seconds, store.bad_lines)
+    return stores
+
+
+def cmd_serve(args) -> int:
+    from megatron_glm.monitor.server import LOOPBACK_NAMES, DashboardServer
+
+    stores = _load(args.runs, background=True)
+    if args.host not in LOOPBACK_NAMES:
+        print(f"glm-monitor: warning: listening on {args.host}: anyone who can reach this host can read "
+              "these runs' metrics (use --host 127.0.0.1 and an SSH tunnel instead)", file=sys.stderr)
+    try:
+        server = DashboardServer((args.host, args.port), stores)
+    except OSError as e:
+        print(f"glm-monitor: error: cannot listen on {args.host}:{args.port}: {e.strerror}; "
+              "choose another --port (0 picks a free one)", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"glm-monitor: serving {len(stores)} run(s) at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def cmd_spikes(args) -> int:
+    store = _load([args.run], background=False)[0]
+    spikes = store.spike_list()
+    if args.json:
+        from megatron_glm.monitor.server import to_json
+        print(to_json({"run": store.path, "rule": store.rule.__dict__, "steps": store.n,
+                       "bad_lines": store.bad_lines, "spikes": spikes}).decode())
+    else:
+        cols = ("step", "reason", "loss", "baseline_loss", "ratio", "grad_norm", "baseline_grad_norm",
+                "grad_ratio", "action")
+        rows = [[_fmt(s.get(c)) for c in cols] for s in spikes]
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        for r in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        print(f"{len(spikes)} spike(s) in {store.n} logged steps of {store.path}"
+              + (f"; {store.bad_lines} bad line(s) skipped" if store.bad_lines else ""))
+    return 1 if spikes and args.fail_on_spike else 0
+
+
+def cmd_report(args) -> int:
+    from megatron_glm.monitor.report import write_report
+
+    stores = _load(args.runs, background=False)
+    try:
+        size = write_report(stores, args.output)
+    except OSError as e:
+        print(f"glm-monitor: error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"glm-monitor: wrote {args.output} ({size / 1e6:.2f} MB, {len(stores)} run(s))")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glm-monitor", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="log loading and every HTTP request")
+    s = sub.add_parser("serve", parents=[common], help="live dashboard (read-only, GET only)")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run directory or Megatron-LM text log")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8750, help="port (0 = any free port; default 8750)")
+    s.set_defaults(func=cmd_serve)
+    k = sub.add_parser("spikes", parents=[common], help="table of detected spikes")
+    k.add_argument("run", metavar="RUN")
+    k.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    k.add_argument("--fail-on-spike", action="store_true", help="exit 1 if any spike was found")
+    k.set_defaults(func=cmd_spikes)
+    r = sub.add_parser("report", parents=[common], help="self-contained HTML report")
+    r.add_argument("runs", nargs="+", metavar="RUN")
+    r.add_argument("-o", "--output", required=True, help="HTML file to write")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FileNotFoundError as e:
+        print(f"glm-monitor: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ collapse by a few steps; the run was rolled back and data skipped twice (40701-4
 
 The rule
 --------
+Defaults (:class:`SpikeRule`): ``alpha=0.02`` (~50-step memory), ``warmup_steps=20``,
+``loss_ratio=1.1``, ``loss_sigmas=5``, ``min_loss_delta=0.05``, ``grad_norm_ratio=10``,
+``max_consecutive=50``. Measured at these defaults (``tests/test_monitor_detector.py``): recall 1.0
+on injected +20..100% loss jumps, 15-100x grad-norm spikes and NaNs; <= 1 false alarm per 100,000
+clean steps on four curve families.
+
 Baselines are exponentially weighted moving (EWM) statistics over *accepted* steps:
 
 * loss: EWM mean ``mu`` and EW variance ``var`` (std ``sigma = sqrt(var)``);
