@@ -48,3 +48,18 @@ def demo_datasets(tmp_path_factory, demo_tokenizer):
         tokenize(TokenizeOptions(inputs=[str(DEMO_CORPUS / file)], output_prefix=prefixes[name], workers=2,
                                  progress=False), demo_tokenizer)
     return prefixes
+
+
+@pytest.fixture(scope="session")
+def demo_data_section(demo_tokenizer, demo_datasets):
+    """make(cache_dir, **overrides) -> the `data` section of a run config on the demo datasets
+    (pile and wudao by equal weight, MIP as instructions)."""
+
+    def make(cache_dir, **overrides) -> dict:
+        return {"tokenizer_model": demo_tokenizer.model_file,
+                "sources": [{"prefix": demo_datasets["pile"], "weight": 1.0},
+                            {"prefix": demo_datasets["wudao"], "weight": 1.0}],
+                "instruction_prefix": demo_datasets["mip"], "split": "95,5,0", "cache_dir": str(cache_dir),
+                **overrides}
+
+    return make

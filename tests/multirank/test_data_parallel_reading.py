@@ -11,15 +11,11 @@ from multirank.harness import run_ranks
 pytestmark = pytest.mark.multirank
 
 
-def test_stages_agree_and_data_parallel_ranks_are_disjoint(tmp_path, demo_tokenizer, demo_datasets):
+def test_stages_agree_and_data_parallel_ranks_are_disjoint(tmp_path, demo_tokenizer, demo_data_section):
     run = {
         "model": {"preset": "glm-tiny", "vocab_size": demo_tokenizer.vocab_size, "seq_length": 256},
         "parallel": {"tensor": 1, "pipeline": 2},
-        "data": {"tokenizer_model": demo_tokenizer.model_file,
-                 "sources": [{"prefix": demo_datasets["pile"], "weight": 1.0},
-                             {"prefix": demo_datasets["wudao"], "weight": 1.0}],
-                 "instruction_prefix": demo_datasets["mip"], "split": "95,5,0",
-                 "cache_dir": str(tmp_path / "cache")},
+        "data": demo_data_section(tmp_path / "cache"),
     }
     (tmp_path / "data_run.yaml").write_text(yaml.safe_dump(run))
     run_ranks("data_consistency", 4, tmp_path, timeout_s=300)

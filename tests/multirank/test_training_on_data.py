@@ -16,17 +16,13 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, demo_tokenizer, demo_datasets):
+def run_dir(tmp_path_factory, demo_tokenizer, demo_data_section):
     """TP1 x PP2 x DP2 (4 ranks), micro batch 1, global batch ramping 4 -> 12."""
     workdir = tmp_path_factory.mktemp("data_run")
     run = {
         "model": {"preset": "glm-tiny", "vocab_size": demo_tokenizer.vocab_size, "seq_length": 128},
         "parallel": {"tensor": 1, "pipeline": 2},
-        "data": {"tokenizer_model": demo_tokenizer.model_file,
-                 "sources": [{"prefix": demo_datasets["pile"], "weight": 1.0},
-                             {"prefix": demo_datasets["wudao"], "weight": 1.0}],
-                 "instruction_prefix": demo_datasets["mip"], "instruction_ratio": 0.2, "split": "95,5,0",
-                 "cache_dir": str(workdir / "cache")},
+        "data": demo_data_section(workdir / "cache", instruction_ratio=0.2),
         "train": {"steps": STEPS, "global_batch_size": 12, "rampup_batch_size": RAMPUP, "peak_lr": 1e-3,
                   "min_lr": 1e-4},
     }
