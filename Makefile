@@ -31,14 +31,15 @@ $(DEMO_DATA)/mip.idx: setup $(wildcard $(CORPUS)/*)
 	$(VENV)/bin/glm-prep tokenize --quiet --input $(CORPUS)/mip-demo.jsonl \
 		--output-prefix $(DEMO_DATA)/mip --tokenizer-model $(DEMO_DATA)/tokenizer.model
 
-# Train 40 steps, then resume from the step-40 checkpoint and finish the 60 of tiny-cpu.
+# Train 40 steps, then resume from the step-40 checkpoint and finish the 60 of tiny-cpu, through
+# the local launcher (4 ranks on this machine, torchrun-style environment).
 DEMO_RUN := runs/demo/run
-TRAIN := OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc-per-node 4 -m megatron_glm.cli.train
+TRAIN := $(VENV)/bin/glm-launch run tiny-cpu --nproc 4
 
 demo: setup $(DEMO_DATA)/mip.idx
 	rm -rf $(DEMO_RUN)
-	$(TRAIN) --config tiny-cpu --run-dir $(DEMO_RUN) train.steps=40
-	$(TRAIN) --config tiny-cpu --run-dir $(DEMO_RUN)
+	$(TRAIN) --run-dir $(DEMO_RUN) train.steps=40
+	$(TRAIN) --run-dir $(DEMO_RUN)
 	$(PY) -m megatron_glm.training.summary $(DEMO_RUN)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.

@@ -12,7 +12,7 @@ setup(
     description="GLM-130B-style pretraining (DeepNorm, RoPE, GeGLU, blank infilling) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_glm*", "data_prep*", "launch*", "checkpoints*"]),
-    package_data={"megatron_glm": ["config/presets/*/*.yaml", "monitor/static/*"]},
+    package_data={"megatron_glm": ["config/presets/*/*.yaml", "monitor/static/*"], "launch": ["clusters/*.yaml"]},
     install_requires=[
         "megatron-core==0.16.1",
         "numpy>=1.24",

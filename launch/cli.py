@@ -1,11 +1,223 @@
-"""glm-launch: Slurm planning, submission and the local launcher. Not implemented yet (issue #5); says so instead of failing obscurely."""
+"""glm-launch: run the trainer locally, plan a layout, submit and keep alive a run on Slurm.
 
+    glm-launch run RUN.yaml --nproc N --run-dir DIR [dotted.key=value ...]
+        N ranks of glm-train on this machine (no Slurm, no torchrun). Exit codes pass through:
+        0 done, 75 stopped by a signal (checkpoint saved: run the same command again to resume),
+        2 bad configuration.
+
+    glm-launch plan --model MODEL_OR_RUN_YAML --cluster NAME [--tp --pp --dp --vpp --mbs --gbs
+                    --recompute --precision --grad-dtype] [--json]
+        per-GPU memory by component for every pipeline stage and the predicted step time, tokens/s,
+        TFLOP/s per GPU and MFU. Without --tp/--pp (and a bare model preset): search the layouts of
+        the cluster and rank those that fit. Exit 0 fits, 1 does not fit, 2 bad input.
+
+    glm-launch submit RUN.yaml --cluster NAME --run-dir DIR [--time T] [--signal-seconds S]
+                      [--set cluster.key=value] [--dry-run] [dotted.key=value ...]
+        validate (config at the cluster's world size, data readable, run dir writable, the plan
+        fits), render RUN_DIR/slurm/job.sbatch and `sbatch --parsable` it; prints the job id.
+        --dry-run prints the script and writes nothing.
+
+    glm-launch status RUN_DIR [--json]
+        job state, last step and its time, last checkpoint, restarts so far.
+
+    glm-launch prep --cluster NAME --input FILES... --output-prefix P --tokenizer-model M
+                    [--shards N] [--dry-run] [-- glm-prep tokenize arguments]
+        a Slurm job array of `glm-prep tokenize --shard i/N` plus a merge job that runs after
+        every shard succeeded; prints the two job ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
 import sys
+from typing import List, Optional
+
+from megatron_glm.config.loader import ConfigError
+from megatron_glm.runtime.logs import configure_logging
 
 
-def main() -> int:
-    print("glm-launch is not available yet: Slurm planning, submission and the local launcher lands with issue #5.", file=sys.stderr)
-    return 2
+def _run(args: argparse.Namespace) -> int:
+    from launch.local import LocalRunConfig, run_local
+
+    return run_local(LocalRunConfig(config=args.config, run_dir=args.run_dir, nproc=args.nproc,
+                                    overrides=list(args.overrides), master_port=args.master_port,
+                                    verbose=args.verbose))
+
+
+GLM130B_RECIPE = {"gbs": 4224, "mbs": 1, "recompute": "full", "precision": "fp16", "grad_reduce_in_fp32": False}
+"""Defaults of `plan` for a bare model preset: GLM-130B's training recipe (GLM130B.md §3), fp16
+gradient buffers included (train.grad_reduce_in_fp32=false in a run config)."""
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from launch.clusters import load_cluster
+    from launch.memory import Layout
+    from launch.planner import balanced_split, format_plan, make_plan, search
+    from megatron_glm.config.loader import load_run_config, model_preset_names
+
+    run = load_run_config(args.model, args.overrides)
+    cluster = load_cluster(args.cluster, args.set)
+    bare_model = args.model in model_preset_names()
+    defaults = GLM130B_RECIPE if bare_model else {
+        "gbs": run.train.global_batch_size, "mbs": run.train.micro_batch_size,
+        "recompute": run.recompute.granularity, "precision": run.precision,
+        "grad_reduce_in_fp32": run.train.grad_reduce_in_fp32}
+    precision = args.precision or defaults["precision"]
+    grad_dtype = args.grad_dtype or ("fp32" if defaults["grad_reduce_in_fp32"]
+                                     or precision == "fp32" else precision)
+    base = Layout(tp=args.tp or (0 if bare_model else run.parallel.tensor),
+                  pp=args.pp or (0 if bare_model else run.parallel.pipeline),
+                  dp=args.dp or 0, vpp=args.vpp or (run.parallel.virtual_pipeline or 1),
+                  mbs=args.mbs or defaults["mbs"], gbs=args.gbs or defaults["gbs"],
+                  recompute=args.recompute or defaults["recompute"], precision=precision, grad_dtype=grad_dtype)
+    if not (base.tp and base.pp):
+        base = dataclasses.replace(base, mbs=args.mbs or 0, recompute=args.recompute or "")
+        plans, tried = search(run, cluster, base, limit=args.top)
+        if args.json:
+            print(json.dumps({"searched": tried, "fitting": [plan.to_json() for plan in plans]}))
+        else:
+            print(f"{len(plans)} of {tried} layouts of {cluster.world_size} ranks fit (best first):")
+            for rank, plan in enumerate(plans, 1):
+                lay, t = plan.layout, plan.throughput
+                print(f"  {rank:>2}. TP {lay.tp} x PP {lay.pp} x DP {lay.dp}, mbs {lay.mbs}, recompute {lay.recompute}: "
+                      f"{plan.peak.total_gb:.1f} GB, {t.step_time_s:.1f} s/step, {t.tokens_per_s:,.0f} tokens/s, "
+                      f"{t.tflops_per_gpu_hardware:.0f} TFLOP/s hw, MFU {100 * t.mfu:.1f}%")
+        return 0 if plans else 1
+    if base.first_stage_layers is None and base.last_stage_layers is None:
+        if bare_model or (args.pp and args.pp != run.parallel.pipeline):
+            split = balanced_split(run.model.num_layers, base.pp) or (None, None)
+        else:
+            split = (run.parallel.first_stage_layers, run.parallel.last_stage_layers)
+        base = dataclasses.replace(base, first_stage_layers=split[0], last_stage_layers=split[1])
+    if not base.dp:
+        base = dataclasses.replace(base, dp=max(1, cluster.world_size // (base.tp * base.pp)))
+    plan = make_plan(run, base, cluster)
+    print(json.dumps(plan.to_json()) if args.json else format_plan(plan, run, cluster))
+    return 0 if plan.fits else 1
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from launch.submit import SubmitRequest, submit
+
+    return submit(SubmitRequest(config=args.config, cluster=args.cluster, run_dir=args.run_dir,
+                                overrides=list(args.overrides), cluster_overrides=args.set, time_limit=args.time,
+                                signal_seconds=args.signal_seconds, name=args.job_name, dry_run=args.dry_run))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from launch.status import format_status, run_status
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        print(f"glm-launch status: {run_dir}: no such run directory", file=sys.stderr)
+        return 2
+    status = run_status(run_dir)
+    print(json.dumps(status) if args.json else format_status(status))
+    return 0
+
+
+def _prep(args: argparse.Namespace) -> int:
+    from launch.prep import PrepRequest, submit_prep
+
+    return submit_prep(PrepRequest(cluster=args.cluster, inputs=args.input, output_prefix=args.output_prefix,
+                                   tokenizer_model=args.tokenizer_model, shards=args.shards, log_dir=args.log_dir,
+                                   prep_args=args.overrides, cluster_overrides=args.set, time_limit=args.time,
+                                   dry_run=args.dry_run))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="debug logs from the launcher and the ranks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train on this machine with N local ranks (no Slurm)")
+    run.add_argument("config", help="run preset (tiny-cpu) or run YAML")
+    run.add_argument("--nproc", type=int, required=True, help="number of ranks (= world size)")
+    run.add_argument("--run-dir", required=True, help="the run directory (resumes from its latest checkpoint)")
+    run.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
+    run.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
+    run.set_defaults(handler=_run)
+
+    plan = commands.add_parser("plan", help="memory and speed of a layout; or the layouts that fit")
+    plan.add_argument("--model", required=True, help="model preset (glm-130b) or run YAML")
+    plan.add_argument("--cluster", required=True, help="cluster profile (dgx-a100-96, local-slurm, local) or YAML")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a cluster profile field, e.g. --set device.memory_gb=80")
+    for name, help_text in (("tp", "tensor parallel"), ("pp", "pipeline parallel"), ("dp", "data parallel"),
+                            ("vpp", "virtual pipeline chunks per rank"), ("mbs", "micro-batch size"),
+                            ("gbs", "global batch size")):
+        plan.add_argument(f"--{name}", type=int, default=None, help=help_text)
+    plan.add_argument("--recompute", choices=("none", "selective", "full"), default=None)
+    plan.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None)
+    plan.add_argument("--grad-dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                      help="gradient buffers (default: the run's; GLM-130B recipe: the precision's)")
+    plan.add_argument("--top", type=int, default=10, help="layouts to list when searching")
+    plan.add_argument("--json", action="store_true", help="one JSON object")
+    plan.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the model/run config")
+    plan.set_defaults(handler=_plan)
+
+    sub = commands.add_parser("submit", help="validate, render the sbatch script, submit it")
+    sub.add_argument("config", help="run preset or run YAML")
+    sub.add_argument("--cluster", required=True, help="cluster profile (dgx-a100-96, local-slurm) or YAML")
+    sub.add_argument("--run-dir", required=True, help="run directory (shared filesystem)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a cluster profile field, e.g. --set slurm.partition=batch")
+    sub.add_argument("--time", default=None, help="time limit per allocation (Slurm format, e.g. 04:00:00)")
+    sub.add_argument("--signal-seconds", type=int, default=None,
+                     help="USR1 this many seconds before the time limit (checkpoint and requeue)")
+    sub.add_argument("--job-name", default=None)
+    sub.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
+    sub.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run config")
+    sub.set_defaults(handler=_submit)
+
+    prep = commands.add_parser("prep", help="glm-prep tokenize as a Slurm job array plus a merge job")
+    prep.add_argument("--cluster", required=True)
+    prep.add_argument("--input", nargs="+", required=True, help="input files or globs (one shard per file by default)")
+    prep.add_argument("--output-prefix", required=True, help="the merged dataset PREFIX.bin/.idx")
+    prep.add_argument("--tokenizer-model", required=True)
+    prep.add_argument("--shards", type=int, default=None, help="array size (default: one per input file)")
+    prep.add_argument("--log-dir", default=None, help="scripts and job logs (default PREFIX.slurm/)")
+    prep.add_argument("--time", default="04:00:00", help="time limit of each task")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    prep.add_argument("--dry-run", action="store_true")
+    prep.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
+    prep.set_defaults(handler=_prep)
+
+    status = commands.add_parser("status", help="job state, last step, last checkpoint, restarts")
+    status.add_argument("run_dir")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after the options (argparse stops a `nargs="*"` positional at
+    # the first option), so the leftovers that look like dotted.key=value are overrides too.
+    argv = sys.argv[1:] if argv is None else argv
+    passthrough = []
+    if argv[:1] == ["prep"] and "--" in argv:  # everything after -- goes to glm-prep tokenize
+        argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "prep":
+        args.overrides = passthrough
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    configure_logging("glm-launch", verbose=args.verbose)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"glm-launch {args.command}: invalid configuration:\n{error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

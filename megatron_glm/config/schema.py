@@ -97,6 +97,8 @@ class ParallelConfig:
     first_stage_layers: Optional[int] = None
     """Uneven pipelines: layers on the first stage (GLM-130B: 8 of 70 with PP 8)."""
     last_stage_layers: Optional[int] = None
+    overlap_grad_reduce: bool = False
+    """Reduce(-scatter) gradient buckets while the backward pass still runs (megatron-core DDP)."""
 
 
 @dataclass
@@ -172,6 +174,11 @@ class TrainConfig:
     clip_grad: float = 1.0
     loss_scale_window: int = 200
     """FP16: successful steps before the loss scale doubles again (GLM-130B's DeepSpeed config: 200)."""
+    grad_reduce_in_fp32: bool = True
+    """Gradient buffers and their data-parallel reduction in fp32 (megatron-core DDP). False keeps
+    them in the model's half precision, as GLM-130B's DeepSpeed ZeRO-1 did: half the gradient
+    memory (what lets TP4 x PP8 fit 40 GB; `glm-launch plan` counts it), at the cost of half-
+    precision accumulation over micro-batches."""
     log_interval: int = 1
     eval_interval: int = 0
     """Steps between validation runs (0: only at the end)."""
@@ -179,6 +186,10 @@ class TrainConfig:
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3
+    init_from: str = ""
+    """Start a new run from these model weights: a dist checkpoint directory (e.g. written by
+    `glm-ckpt convert ... --to dist`, an import of the released GLM-130B) or a run's checkpoints/
+    (its `latest`). Fresh optimizer, step 0. Ignored once the run has a checkpoint of its own."""
     async_save: bool = False
     """Write checkpoints in the background (megatron-core async save); published when complete."""
     tensorboard: bool = True

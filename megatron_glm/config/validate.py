@@ -207,6 +207,8 @@ def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
             if len(entry) != 2 or not lowest <= entry[0] <= entry[1]:
                 problems.append(f"train.{name} entry {list(entry)} must be [first, last] with "
                                 f"{lowest} <= first <= last")
+    if train.init_from and not os.path.isdir(train.init_from):
+        problems.append(f"train.init_from={train.init_from}: no such checkpoint directory")
     if train.fault_injection.kind not in FAULT_KINDS:
         problems.append(f"train.fault_injection.kind={train.fault_injection.kind!r}; choose one of "
                         f"{', '.join(FAULT_KINDS)}")

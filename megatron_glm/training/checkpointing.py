@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -43,6 +44,16 @@ def checkpoint_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint directory itself, or the one a checkpoints root's `latest` names."""
+    found = latest_checkpoint(path)
+    if found is not None:
+        return found
+    if (Path(path) / "common.pt").is_file() or (Path(path) / "metadata.json").is_file():
+        return Path(path)
+    raise FileNotFoundError(f"{path} is neither a dist checkpoint nor a directory with a `latest` pointer")
+
+
 def latest_checkpoint(directory: str) -> Optional[Path]:
     """The checkpoint `latest` names, if it exists and is complete; None for a fresh run."""
     pointer = Path(directory) / LATEST
@@ -62,6 +73,23 @@ def _layout() -> Dict[str, int]:
     return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
             "pp": parallel_state.get_pipeline_model_parallel_world_size(),
             "dp": parallel_state.get_data_parallel_world_size()}
+
+
+def start_checkpoint_writer_helpers() -> None:
+    """Start megatron-core's checkpoint-writer helper process (the result-queue Manager its file
+    writer uses) with SIGTERM/SIGUSR1/SIGINT ignored. Slurm delivers SIGTERM to every process of a
+    job step on requeue or preemption; if this helper dies of it, the very save the trainer makes
+    in answer to the signal fails with BrokenPipeError (seen on a real Slurm). Ignored dispositions
+    are inherited, the trainer's own handlers are restored right after."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    stop_signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in stop_signals}
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -198,9 +226,10 @@ def _load_optimizer(optimizer, state: Any) -> None:
 
 def load_checkpoint(path: Path, model: List[torch.nn.Module], optimizer) -> Dict[str, Any]:
     """Collective: load model and optimizer (any layout) and return the common state. RNG states
-    are restored only when the checkpoint's TP/PP/DP layout equals the current one."""
+    are restored only when the checkpoint's TP/PP/DP layout equals the current one and an optimizer
+    is loaded too (optimizer None: the weights only, to start a new run from them)."""
     common = dist_checkpointing.load_common_state_dict(str(path))["common"]
-    same_layout = common.get("layout") == _layout()
+    same_layout = common.get("layout") == _layout() and optimizer is not None
     if optimizer is not None:
         _materialise_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer, is_loading=True)

@@ -41,7 +41,8 @@ from megatron_glm.monitor.schema import EventsWriter, MetricsWriter
 from megatron_glm.monitor.spikes import SpikeDetector
 from megatron_glm.training import flops
 from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
-from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_glm.training.checkpointing import (latest_checkpoint, load_checkpoint, resolve_checkpoint,
+                                                 save_checkpoint, start_checkpoint_writer_helpers)
 from megatron_glm.training.schedules import BatchRampup, BatchSizeSchedule, LRScheduleConfig, build_lr_scheduler
 from megatron_glm.training.step import (build_optimizer, evaluate, global_mean_loss, per_source_losses, run_schedule,
                                         wrap_for_training)
@@ -68,7 +69,8 @@ class LoopState:
 
 
 class _StopSignal:
-    """Remembers that SIGTERM/SIGUSR1 arrived; the loop checks at step boundaries."""
+    """Remembers that SIGTERM/SIGUSR1 arrived; the loop checks at step boundaries. Installed before
+    the model is built, so a signal during start-up (Slurm's SIGTERM on requeue) is not fatal."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -139,7 +141,8 @@ class Trainer:
         self.skip_ranges = [list(r) for r in self.train.skip_sample_ranges] + [
             [self.batch_sizes.samples_before_step(first - 1), self.batch_sizes.samples_before_step(last) - 1]
             for first, last in self.train.skip_step_ranges]
-        self.model = wrap_for_training(build_model_chunks(run))
+        self.model = wrap_for_training(build_model_chunks(run), overlap_grad_reduce=run.parallel.overlap_grad_reduce,
+                                       grad_reduce_in_fp32=self.train.grad_reduce_in_fp32)
         self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
                                          adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
                                          min_lr=min(self.train.min_lr, self.train.peak_lr),
@@ -192,9 +195,24 @@ class Trainer:
             self._event("checkpoint_saved", f"saved step {step}", step=step, path=str(path))
 
         save_checkpoint(self.checkpoints, step, self.model, self.optimizer,
-                        {"loop": vars(self.state), "scheduler": self.scheduler.state_dict()},
+                        {"loop": vars(self.state), "scheduler": self.scheduler.state_dict(),
+                         "glm_model": self._shape()},
                         keep_last=self.train.keep_last, stall_before_publish=stall, async_queue=self.async_saves,
                         on_published=published)
+
+    def _shape(self) -> dict:
+        """The numbers glm-ckpt needs to read this checkpoint without a config (GLMShape's fields)."""
+        model = self.run.model
+        return {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
+                "num_attention_heads": model.num_attention_heads, "ffn_hidden_size": model.resolved_ffn_hidden_size,
+                "padded_vocab_size": model.resolved_padded_vocab_size, "vocab_size": model.vocab_size,
+                "layernorm_epsilon": model.layernorm_epsilon, "rotary_base": int(model.rotary_base)}
+
+    def init_weights_from(self, source: str) -> None:
+        """A new run starting from another checkpoint's model weights (fresh optimizer, step 0)."""
+        path = resolve_checkpoint(source)
+        load_checkpoint(path, self.model, optimizer=None)
+        self._event("checkpoint_loaded", f"initialised the weights from {path}", path=str(path), weights_only=True)
 
     def finish_saves(self, blocking: bool = True) -> None:
         """Collective: publish background checkpoints that are complete (all of them if blocking)."""
@@ -339,14 +357,15 @@ class Trainer:
         return evaluate(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length)
 
     # --- the run ---------------------------------------------------------------------------
-    def fit(self) -> int:
+    def fit(self, stop: "_StopSignal") -> int:
         if dist.get_rank() == 0:
             (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a longer run continues this one
         resumed = self.load_latest()
+        if not resumed and self.train.init_from:
+            self.init_weights_from(self.train.init_from)
         extra = {} if resumed else {"val_loss": self._validate()}  # the step-0 reference
         self._event("restart" if resumed else "start", "training", world_size=dist.get_world_size(),
                     layout=self._layout(), **{k: v for k, v in extra.items() if v is not None})
-        stop = _StopSignal()
         while self.state.step < self.train.steps:
             record = self.step()
             last = self.state.step >= self.train.steps
@@ -378,9 +397,11 @@ def run_training(run: RunConfig, run_dir: str) -> int:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     if dist.get_rank() == 0:
         (Path(run_dir) / "config.yaml").write_text(to_yaml(run))
+    stop = _StopSignal()
+    start_checkpoint_writer_helpers()
     trainer = Trainer(run, run_dir)
     try:
-        return trainer.fit()
+        return trainer.fit(stop)
     finally:
         if trainer.async_saves is not None and trainer.async_saves.get_num_unfinalized_calls():
             trainer.async_saves.close(abort=True)  # failing: do not publish a checkpoint of a broken run

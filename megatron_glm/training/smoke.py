@@ -37,7 +37,7 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
         seq_length = run.model.seq_length
     else:
         data = SyntheticBatches(run, global_batch, micro_batch, seq_length)
-    model = wrap_for_training(build_model_chunks(run))
+    model = wrap_for_training(build_model_chunks(run), overlap_grad_reduce=run.parallel.overlap_grad_reduce)
     optimizer = build_optimizer(model, lr=lr)
     num_micro = global_batch // parallel_state.get_data_parallel_world_size() // micro_batch
     validation = data.validation_batches()

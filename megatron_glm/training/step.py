@@ -86,25 +86,34 @@ def glm_forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module
     return token_loss, partial(_loss_func, batch.loss_mask, batch.source_ids)
 
 
-def wrap_for_training(chunks: List[torch.nn.Module], use_distributed_optimizer: bool = True) -> List[DistributedDataParallel]:
-    """megatron-core DDP around each chunk; gradients accumulate and reduce in fp32.
+def wrap_for_training(chunks: List[torch.nn.Module], use_distributed_optimizer: bool = True,
+                      overlap_grad_reduce: bool = False, grad_reduce_in_fp32: bool = True) -> List[DistributedDataParallel]:
+    """megatron-core DDP around each chunk; gradients accumulate and reduce in fp32 (unless
+    grad_reduce_in_fp32=False: in the model's precision).
 
     FP16/BF16 chunks are first wrapped in megatron-core's Float16Module (every parameter, LayerNorms
     included, in half precision, as GLM-130B's apex-O2-style training; fp32 logits out).
+    overlap_grad_reduce: buckets are reduced as soon as their gradients are complete; the schedules
+    then need DDP's no_sync (no reduction until the last micro-batch) and, with several chunks,
+    start_grad_sync hooks, which are registered on the config as megatron-LM does.
     """
     config = chunks[0].config
     if config.fp16 or config.bf16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
+        grad_reduce_in_fp32=grad_reduce_in_fp32,
         use_distributed_optimizer=use_distributed_optimizer,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=overlap_grad_reduce,
     )
     wrapped = [
         DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=(index > 0))
         for index, chunk in enumerate(chunks)
     ]
     config.finalize_model_grads_func = finalize_model_grads
+    if overlap_grad_reduce:
+        config.no_sync_func = [chunk.no_sync for chunk in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+        if len(wrapped) > 1:
+            config.grad_sync_func = [chunk.start_grad_sync for chunk in wrapped]
     return wrapped
 
 

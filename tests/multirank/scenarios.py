@@ -133,7 +133,7 @@ def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     weights = torch.load(workdir / "weights.pt")
     for chunk in chunks:
         load_full_state_dict(chunk, weights)
-    model = wrap_for_training(chunks)
+    model = wrap_for_training(chunks, overlap_grad_reduce=run.parallel.overlap_grad_reduce)
     optimizer = build_optimizer(model, lr=1e-3)
     dp, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
     per_rank = GLOBAL_BATCH // dp

@@ -87,6 +87,29 @@ def test_async_checkpoints_publish_and_resume_exactly(runs):
     assert all(resumed[step] == straight[step] for step in range(1, 9))
 
 
+def test_a_new_run_starts_from_converted_weights(runs):
+    """train.init_from: the weights of the finished TP2xPP2 run start a new TP1 run (fresh optimizer,
+    step 0), read directly or after `glm-ckpt convert --to dist --model-only` (no optimizer, no loop
+    state, no head count given: the trainer records the model's shape) -- the same first loss."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    workdir, _ = runs
+    glm_ckpt = Path(sys.executable).with_name("glm-ckpt")
+    converted = workdir / "model_only"
+    subprocess.run([str(glm_ckpt), "convert", str(workdir / "straight" / "checkpoints"), str(converted),
+                    "--to", "dist", "--tp", "1", "--pp", "1", "--model-only", "--quiet"], check=True, timeout=300)
+    first = {}
+    for name, source in (("direct", workdir / "straight" / "checkpoints"), ("converted", converted)):
+        assert _train(workdir, workdir / f"init_{name}", 1, "train.steps=1", f"train.init_from={source}") == [0]
+        first[name] = _losses(workdir / f"init_{name}")[1]
+        loaded = [e for e in read_events(workdir / f"init_{name}")[0] if e["kind"] == "checkpoint_loaded"]
+        assert len(loaded) == 1 and loaded[0]["weights_only"] and loaded[0]["step"] == 0
+    assert first["direct"] == first["converted"]
+    assert first["direct"] < _losses(workdir / "straight")[1] - 0.01  # trained weights, not a fresh init
+
+
 def test_resume_at_another_layout_stays_within_1e5(runs):
     workdir, _ = runs
     straight, other = _losses(workdir / "straight"), _losses(workdir / "other")

@@ -1,0 +1,115 @@
+"""glm-ckpt conversion throughput vs a plain copy of the same bytes, side by side in one run.
+
+A random fp32 model of >= 1 GB (default: 8 layers, hidden 1536, 12 heads, ffn 4096, vocab 32768,
+1.11 GB) is written as a safetensors export; then a plain copy of that directory (shutil.copytree:
+read + write of the same bytes) and the conversions safetensors -> SAT TP2, SAT TP2 -> dist
+TP2 x PP2, dist -> safetensors, timed in this process (torch and the converter already imported;
+--cli times fresh `glm-ckpt convert` processes instead, interpreter start and imports included, which
+on a loaded machine adds seconds), and the plain copy once more at the end. Every contender starts with the source in
+the page cache and no dirty pages (os.sync, untimed) and its time includes the os.sync that puts
+its output on disk, so none profits from write-back left to the next one. The ratio is copy time /
+conversion time (>= 0.5 required by issue 6). Results: stdout and --json FILE.
+
+    python bench/ckpt_convert_throughput.py [--workdir DIR] [--layers 24] [--json bench/results/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from checkpoints.cli import main as cli_main
+from checkpoints.formats.base import WriteOptions
+from checkpoints.formats.safetensors_format import SafetensorsWriter
+from checkpoints.shapes import GLMShape
+
+
+def _write_source(root: Path, glm: GLMShape) -> None:
+    root.mkdir(parents=True)
+    entries = glm.entries()
+    writer = SafetensorsWriter(root, glm, WriteOptions(), step=1, dtypes={k: torch.float32 for k, _, _ in entries})
+    generator = torch.Generator().manual_seed(0)
+    for key, spec, layer in entries:
+        writer.write(key, spec, layer, torch.randn(spec.shape(glm), generator=generator))
+    writer.close()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _timed(action) -> float:
+    """Seconds for `action()` plus the sync of what it wrote (after an untimed sync)."""
+    os.sync()
+    start = time.perf_counter()
+    action()
+    os.sync()
+    return time.perf_counter() - start
+
+
+def _convert_in_process(arguments) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        if cli_main(arguments) != 0:
+            raise SystemExit(f"conversion failed: {arguments}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="where to write (default: a temporary directory, removed after)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--cli", action="store_true", help="time `glm-ckpt convert` processes")
+    args = parser.parse_args()
+    glm = GLMShape(num_layers=args.layers, hidden_size=1536, num_attention_heads=12, ffn_hidden_size=4096,
+                   padded_vocab_size=32768)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ckpt_bench_"))
+    try:
+        source = work / "source"
+        _write_source(source, glm)
+        nbytes = _size(source)
+        shutil.copytree(source, work / "warm")  # bring the source into the page cache for every contender
+        shutil.rmtree(work / "warm")
+        copy_s = _timed(lambda: shutil.copytree(source, work / "copy"))
+        steps = [("safetensors -> sat TP2", source, work / "sat", ["--to", "sat", "--tp", "2"]),
+                 ("sat TP2 -> dist TP2xPP2", work / "sat", work / "dist",
+                  ["--to", "dist", "--tp", "2", "--pp", "2", "--num-attention-heads", "12"]),
+                 ("dist -> safetensors", work / "dist", work / "st", ["--to", "safetensors"])]
+        results = {"mode": "cli processes" if args.cli else "in process", "model_bytes": nbytes,
+                   "params": glm.parameter_count(), "copy_s": copy_s, "copy_GBps": nbytes / copy_s / 1e9,
+                   "conversions": []}
+        print(f"model {nbytes / 1e9:.2f} GB ({glm.parameter_count():,} fp32 parameters)")
+        print(f"plain copy                 {copy_s:6.2f} s  {nbytes / copy_s / 1e9:5.2f} GB/s")
+        for name, src, dst, extra in steps:
+            arguments = ["convert", "--quiet", str(src), str(dst)] + extra
+            if args.cli:
+                command = [sys.executable, "-m", "checkpoints.cli"] + arguments
+                seconds = _timed(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
+            else:
+                seconds = _timed(lambda: _convert_in_process(arguments))
+            ratio = copy_s / seconds
+            results["conversions"].append({"name": name, "seconds": seconds, "GBps": nbytes / seconds / 1e9,
+                                           "vs_copy": ratio})
+            print(f"{name:26s} {seconds:6.2f} s  {nbytes / seconds / 1e9:5.2f} GB/s  {ratio:.2f}x copy speed")
+        copy_again = _timed(lambda: shutil.copytree(source, work / "copy2"))
+        results["copy_again_s"] = copy_again
+        print(f"plain copy again           {copy_again:6.2f} s  {nbytes / copy_again / 1e9:5.2f} GB/s")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

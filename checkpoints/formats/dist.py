@@ -1,0 +1,309 @@
+"""Our training format (megatron_glm.training.checkpointing): megatron-core dist_checkpointing's
+torch_dist backend, read and written in one process without process groups.
+
+    DIR/latest                 "iter_0000400"
+    DIR/iter_0000400/          .metadata (torch.distributed.checkpoint Metadata), __<rank>_0.distcp
+                               (each chunk a torch.save blob at an offset), common.pt, metadata.json
+
+megatron-core saves global tensors: layer parameters are stacked as "decoder.layers.<name>" with
+the layer index as a leading axis, TP pieces are chunks at global offsets (GeGLU fc1 as two chunks
+per rank at [X1; X2] offsets), optimizer state (fully_reshardable) as "optimizer.state.<s>.<name>"
+with the same chunking. So the global view is exactly our canonical whole model, and the reader
+assembles one layer's tensor from the chunks that cover it. The writer produces what megatron-core
+would at TP x PP (rank = pp * TP + tp, one file per rank, one chunk per layer and TP piece), so
+dist_checkpointing.load reshards it like any training checkpoint. Converted checkpoints carry no
+RNG state; their layout record has no "dp", so the trainer never tries to restore RNG from them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
+                                                   MetadataIndex, TensorProperties, TensorStorageMetadata)
+
+from checkpoints.errors import CheckpointError
+from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
+from checkpoints.mappings import ParamSpec, spec_of
+from checkpoints.shapes import GLMShape
+from checkpoints.torchzip import load_tensor_blob, save_tensor
+
+LATEST = "latest"
+METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
+                 "common_backend_version": 1}
+_EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
+_OPTIMIZER = "optimizer.state."
+
+
+def checkpoint_dir(path: Path) -> Optional[Path]:
+    """The iter_* directory of a dist checkpoint (following `latest`), or None if `path` is not one."""
+    path = Path(path)
+    if (path / ".metadata").is_file() and (path / "metadata.json").is_file():
+        return path
+    pointer = path / LATEST
+    if pointer.is_file():
+        target = path / pointer.read_text().strip()
+        if (target / ".metadata").is_file():
+            return target
+    return None
+
+
+def _stacked(key: str) -> Tuple[str, Optional[int]]:
+    """canonical "decoder.layers.3.mlp.x" -> ("decoder.layers.mlp.x", 3); other keys unchanged."""
+    parts = key.split(".")
+    if parts[:2] == ["decoder", "layers"] and len(parts) > 3 and parts[2].isdigit():
+        return ".".join(parts[:2] + parts[3:]), int(parts[2])
+    return key, None
+
+
+class DistReader(Reader):
+    def __init__(self, path: Path, num_attention_heads: Optional[int] = None, layernorm_epsilon: float = 1e-5,
+                 rotary_base: int = 10000):
+        self.dir = checkpoint_dir(path)
+        if self.dir is None:
+            raise CheckpointError("not a dist checkpoint (no .metadata)", path)
+        try:
+            self.metadata: Metadata = FileSystemReader(str(self.dir)).read_metadata()
+        except Exception as error:
+            raise CheckpointError(f"cannot read the checkpoint metadata ({error.__class__.__name__})",
+                                  self.dir / ".metadata", hint="the file is truncated or corrupt") from None
+        self.top = self._load_common()
+        common = self.top.get("common", {})
+        self.tensors = {k: v for k, v in self.metadata.state_dict_metadata.items()
+                        if isinstance(v, TensorStorageMetadata)}
+        self.glm = self._shape(common, num_attention_heads, layernorm_epsilon, rotary_base)
+        layout = common.get("layout", {})
+        loop = common.get("loop", {})
+        self.has_optimizer = any(k.startswith(_OPTIMIZER) for k in self.tensors)
+        self.info = CheckpointInfo("dist", str(self.dir), step=common.get("step", loop.get("step")),
+                                   consumed_samples=loop.get("consumed_samples", common.get("consumed_samples")),
+                                   tp=layout.get("tp", 1), pp=layout.get("pp", 1), has_optimizer=self.has_optimizer,
+                                   common=self.top)
+        for name, meta in self.tensors.items():
+            if not name.startswith(_OPTIMIZER):
+                count_dtype(self.info, meta.properties.dtype, meta.size.numel(),
+                            meta.size.numel() * meta.properties.dtype.itemsize)
+
+    def _load_common(self) -> Dict[str, Any]:
+        file = self.dir / "common.pt"
+        if not file.is_file():
+            raise CheckpointError("common state is missing", file, hint="the checkpoint is incomplete")
+        try:
+            return torch.load(file, weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"cannot read ({error.__class__.__name__})", file,
+                                  hint="the file is truncated or corrupt") from None
+
+    def _meta(self, name: str) -> TensorStorageMetadata:
+        meta = self.tensors.get(name)
+        if meta is None:
+            raise CheckpointError("key is missing", self.dir / ".metadata", name,
+                                  hint="not a complete GLM training checkpoint")
+        return meta
+
+    def _shape(self, common, heads, eps, rotary_base) -> GLMShape:
+        if "glm_model" in common:
+            glm = GLMShape.from_dict(common["glm_model"], self.dir / "common.pt")
+        else:
+            if heads is None:
+                raise CheckpointError("the number of attention heads is not recorded in this checkpoint",
+                                      self.dir, hint="pass --num-attention-heads or --model PRESET")
+            embedding = self._meta("embedding.word_embeddings.weight").size
+            fc1 = self._meta("decoder.layers.mlp.linear_fc1.weight").size
+            glm = GLMShape(num_layers=fc1[0], hidden_size=embedding[1], num_attention_heads=heads,
+                           ffn_hidden_size=fc1[1] // 2, padded_vocab_size=embedding[0],
+                           layernorm_epsilon=eps, rotary_base=rotary_base)
+        glm.validate(self.dir)
+        return glm
+
+    def dtype(self, key: str) -> torch.dtype:
+        if key.startswith(_OPTIMIZER):
+            state, key = key[len(_OPTIMIZER):].split(".", 1)
+            return self._meta(f"{_OPTIMIZER}{state}.{_stacked(key)[0]}").properties.dtype
+        return self._meta(_stacked(key)[0]).properties.dtype
+
+    def extra_keys(self) -> List[str]:
+        keys = []
+        for name in self.tensors:
+            if not name.startswith(_OPTIMIZER):
+                continue
+            state, param = name[len(_OPTIMIZER):].split(".", 1)
+            if param.startswith("decoder.layers."):
+                keys.extend(f"{_OPTIMIZER}{state}.decoder.layers.{i}.{param[len('decoder.layers.'):]}"
+                            for i in range(self.glm.num_layers))
+            else:
+                keys.append(name)
+        return keys
+
+    def read(self, key: str, spec: ParamSpec) -> torch.Tensor:
+        prefix = ""
+        if key.startswith(_OPTIMIZER):
+            state, key = key[len(_OPTIMIZER):].split(".", 1)
+            prefix = f"{_OPTIMIZER}{state}."
+        name, layer = _stacked(key)
+        fqn = prefix + name
+        meta = self._meta(fqn)
+        expected = tuple(spec.shape(self.glm))
+        stored = tuple(meta.size[1:]) if layer is not None else tuple(meta.size)
+        if stored != expected or (layer is not None and meta.size[0] != self.glm.num_layers):
+            raise CheckpointError(f"global shape {tuple(meta.size)}, expected {expected} per layer"
+                                  if layer is not None else f"shape {tuple(meta.size)}, expected {expected}",
+                                  self.dir / ".metadata", fqn, hint="shape mismatch: another model's checkpoint?")
+        out = torch.empty(expected, dtype=meta.properties.dtype)
+        covered = 0
+        for chunk in meta.chunks:
+            offsets, sizes = list(chunk.offsets), list(chunk.sizes)
+            if layer is not None:
+                if not offsets[0] <= layer < offsets[0] + sizes[0]:
+                    continue
+            data = self._chunk(fqn, chunk)
+            if layer is not None:
+                data = data[layer - offsets[0]]
+                offsets, sizes = offsets[1:], sizes[1:]
+            target = out
+            for dim, (start, length) in enumerate(zip(offsets, sizes)):
+                target = target.narrow(dim, start, length)
+            target.copy_(data)
+            covered += data.numel()
+        if covered != out.numel():
+            raise CheckpointError(f"chunks cover {covered} of {out.numel()} values", self.dir / ".metadata", fqn,
+                                  hint="the checkpoint is incomplete")
+        return out
+
+    def _chunk(self, fqn: str, chunk: ChunkStorageMetadata) -> torch.Tensor:
+        info = self.metadata.storage_data.get(MetadataIndex(fqn, chunk.offsets))
+        if info is None:
+            raise CheckpointError(f"no storage for the chunk at {tuple(chunk.offsets)}", self.dir / ".metadata", fqn)
+        if getattr(info, "transform_descriptors", None):
+            raise CheckpointError(f"unsupported storage transforms {info.transform_descriptors}",
+                                  self.dir / info.relative_path, fqn)
+        file = self.dir / info.relative_path
+        if not file.is_file():
+            raise CheckpointError("shard file is missing", file, fqn, hint="copy every __*.distcp file")
+        raw = bytearray(info.length)
+        with open(file, "rb") as handle:
+            handle.seek(info.offset)
+            if handle.readinto(raw) != info.length:
+                raise CheckpointError(f"chunk at byte {info.offset} ends early", file, fqn,
+                                      hint="the file is truncated")
+        data = load_tensor_blob(raw, file, fqn)
+        if list(data.shape) != list(chunk.sizes):
+            raise CheckpointError(f"chunk at byte {info.offset} is not a tensor of {tuple(chunk.sizes)}", file, fqn,
+                                  hint="the file is corrupt")
+        return data
+
+
+class DistWriter(Writer):
+    def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
+                 dtypes: Dict[str, torch.dtype], carried_common: Dict[str, Any], source_format: str):
+        if options.quantize:
+            raise CheckpointError("dist checkpoints are for training and hold no quantised weights", root,
+                                  hint="quantise with --to sat or --to safetensors")
+        self.glm, self.options = glm, options
+        self.step = step if step is not None else 0
+        self.dir = root / f"iter_{self.step:07d}"
+        self.dir.mkdir(parents=True)
+        (root / LATEST).write_text(self.dir.name)
+        self.tp, self.pp = options.tp, options.pp
+        self.layers_per_stage = glm.num_layers // self.pp
+        self.carried = carried_common
+        self.source_format = source_format
+        self.handles: Dict[int, Any] = {}
+        self.state: Dict[str, Any] = {}
+        self.storage: Dict[MetadataIndex, _StorageInfo] = {}
+        self.wrote_optimizer = False
+
+    def _stage(self, spec: ParamSpec, layer: Optional[int]) -> int:
+        if layer is not None:
+            return layer // self.layers_per_stage
+        return 0 if spec.first else self.pp - 1
+
+    def _handle(self, rank: int):
+        if rank not in self.handles:
+            self.handles[rank] = open(self.dir / f"__{rank}_0.distcp", "wb")
+        return self.handles[rank]
+
+    def _append(self, rank: int, index: MetadataIndex, payload: bytes) -> None:
+        handle = self._handle(rank)
+        start = handle.tell()
+        handle.write(payload)
+        self.storage[index] = _StorageInfo(f"__{rank}_0.distcp", start, len(payload))
+
+    def _append_tensor(self, rank: int, index: MetadataIndex, tensor: torch.Tensor) -> None:
+        """A torch.save blob of `tensor`, written straight into the rank's file."""
+        handle = self._handle(rank)
+        start = handle.tell()
+        save_tensor(tensor, handle)
+        self.storage[index] = _StorageInfo(f"__{rank}_0.distcp", start, handle.tell() - start)
+
+    def _write(self, fqn: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
+        full = full.to(self.options.target_dtype(full))
+        size = ([self.glm.num_layers] if layer is not None else []) + list(full.shape)
+        meta = self.state.get(fqn)
+        if meta is None:
+            meta = self.state[fqn] = TensorStorageMetadata(TensorProperties(dtype=full.dtype), torch.Size(size), [])
+        stage, mapping = self._stage(spec, layer), spec.mapping
+        split = mapping.dim is not None and self.tp > 1
+        for tp_rank in range(self.tp if split else 1):
+            ranges = mapping.ranges(full.shape[mapping.dim], self.tp, tp_rank) if split else [(0, None)]
+            for start, length in ranges:
+                piece = full.narrow(mapping.dim, start, length) if split else full
+                offsets = [0] * full.dim()
+                if split:
+                    offsets[mapping.dim] = start
+                if layer is not None:
+                    piece, offsets = piece.unsqueeze(0), [layer] + offsets
+                index = MetadataIndex(fqn, torch.Size(offsets))
+                self._append_tensor(stage * self.tp + tp_rank, index, piece)
+                meta.chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(piece.shape)))
+
+    def write(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
+        self._write(_stacked(key)[0], spec, layer, full)
+
+    def write_extra(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
+        state, param = key[len(_OPTIMIZER):].split(".", 1)
+        self._write(f"{_OPTIMIZER}{state}.{_stacked(param)[0]}", spec, layer, full)
+        self.wrote_optimizer = True
+
+    def _write_extra_states(self) -> None:
+        """megatron-core saves each linear layer's (empty) `_extra_state` and loads it strictly."""
+        buffer = io.BytesIO()
+        torch.save([None], buffer)
+        payload = bytes(buffer.getbuffer())
+        objects = [("output_layer._extra_state/shard_0_1", self.pp - 1)]
+        for layer in range(self.glm.num_layers):
+            objects += [(f"decoder.layers.{module}._extra_state/shard_{layer}_{self.glm.num_layers}",
+                         layer // self.layers_per_stage) for module in _EXTRA_STATE_MODULES]
+        for fqn, stage in objects:
+            self.state[fqn] = BytesStorageMetadata()
+            self._append(stage * self.tp, MetadataIndex(fqn), payload)
+
+    def close(self) -> None:
+        self._write_extra_states()
+        for handle in self.handles.values():
+            handle.close()
+        with open(self.dir / ".metadata", "wb") as handle:
+            pickle.dump(Metadata(state_dict_metadata=self.state, storage_data=self.storage, version="1.0.0"), handle)
+        (self.dir / "metadata.json").write_text(json.dumps(METADATA_JSON))
+        source = dict(self.carried.get("common", {}))
+        common = {key: source[key] for key in ("loop", "scheduler") if key in source}
+        common.update(step=self.step, layout={"tp": self.tp, "pp": self.pp}, glm_model=self.glm.to_dict(),
+                      converted_from=self.source_format)
+        top: Dict[str, Any] = {"common": common}
+        if self.wrote_optimizer and "optimizer" in self.carried:
+            top["optimizer"] = self.carried["optimizer"]
+        torch.save(top, self.dir / "common.pt")
+
+
+def spec_for(key: str) -> Tuple[ParamSpec, Optional[int]]:
+    """The ParamSpec and layer of a canonical or optimizer-state key."""
+    if key.startswith(_OPTIMIZER):
+        key = key[len(_OPTIMIZER):].split(".", 1)[1]
+    return spec_of(key)

@@ -1,0 +1,232 @@
+"""safetensors export for inference: consolidated (TP1) weights under our canonical names.
+
+    DIR/config.json                          {"format": "glm-safetensors", "glm_model": {...},
+                                              "quantization": null | {"bits", "scheme"}, "step"}
+    DIR/model.safetensors                    one file, or with a size limit:
+    DIR/model-00001-of-0000N.safetensors     + DIR/model.safetensors.index.json (weight_map)
+
+The file format (8-byte little-endian header length, JSON header with dtype/shape/data_offsets,
+raw little-endian bytes) is simple enough to stream without the safetensors package: the header is
+computed from the planned shapes, then the tensors are appended one at a time. Quantised weights
+are int8 (INT4 packed) with a fp16 "<key>_scale" of one row each (GLM130B.md §5, TP1 rows).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from checkpoints.errors import CheckpointError
+from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
+from checkpoints.mappings import ParamSpec
+from checkpoints.quantize import BITS, dequantize, quantize
+from checkpoints.shapes import GLMShape
+
+CONFIG = "config.json"
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+FORMAT = "glm-safetensors"
+_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
+          torch.float64: "F64", torch.uint8: "U8", torch.int32: "I32", torch.int64: "I64"}
+_DTYPES = {code: dtype for dtype, code in _CODES.items()}
+
+
+def is_safetensors(path: Path) -> bool:
+    return (path / CONFIG).is_file() and ((path / SINGLE).is_file() or (path / INDEX).is_file())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read JSON ({error})", path, hint="the file is corrupt") from None
+
+
+class SafetensorsReader(Reader):
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        config = _read_json(self.path / CONFIG)
+        if config.get("format") != FORMAT or "glm_model" not in config:
+            raise CheckpointError(f"not a {FORMAT} config", self.path / CONFIG, "format",
+                                  hint="export with glm-ckpt convert --to safetensors")
+        self.glm = GLMShape.from_dict(config["glm_model"], self.path / CONFIG)
+        quant = config.get("quantization")
+        self.bits = quant["bits"] if quant else None
+        if (self.path / INDEX).is_file():
+            weight_map = _read_json(self.path / INDEX).get("weight_map", {})
+        else:
+            weight_map = None
+        self.headers: Dict[str, Tuple[Path, int, dict]] = {}
+        files = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE]
+        for name in files:
+            file = self.path / name
+            if not file.is_file():
+                raise CheckpointError("file listed in the index is missing", file,
+                                      hint="copy every model-*.safetensors file")
+            start, header = _read_header(file)
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    self.headers[key] = (file, start, entry)
+        self.info = CheckpointInfo("safetensors", str(self.path), step=config.get("step"),
+                                   quantization=f"int{self.bits}" if self.bits else None)
+        for key, (_, _, entry) in self.headers.items():
+            numel = 1
+            for size in entry["shape"]:
+                numel *= size
+            count_dtype(self.info, _DTYPES[entry["dtype"]], numel, entry["data_offsets"][1] - entry["data_offsets"][0])
+        for key, spec, _ in self.glm.entries():
+            if key not in self.headers:
+                raise CheckpointError("key is missing", self.path, key, hint="the export is incomplete")
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        file, start, entry = self.headers[key]
+        begin, end = entry["data_offsets"]
+        dtype = _DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"unsupported dtype {entry['dtype']}", file, key)
+        out = torch.empty(entry["shape"], dtype=dtype)
+        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
+        if view is not None and view.nbytes != end - begin:
+            raise CheckpointError(f"{end - begin} bytes for shape {entry['shape']} {entry['dtype']}", file, key,
+                                  hint="the header is corrupt")
+        with open(file, "rb") as handle:
+            handle.seek(start + begin)
+            if view is not None and handle.readinto(memoryview(view)) != view.nbytes:
+                raise CheckpointError("tensor data ends early", file, key, hint="the file is truncated")
+        return out
+
+    def dtype(self, key: str) -> torch.dtype:
+        if key + "_scale" in self.headers:
+            return torch.float32
+        return _DTYPES[self.headers[key][2]["dtype"]]
+
+    def read(self, key: str, spec: ParamSpec) -> torch.Tensor:
+        tensor = self._tensor(key)
+        if spec.quantize and self.bits:
+            tensor = dequantize(tensor, self._tensor(key + "_scale"), self.bits)
+        expected = tuple(spec.shape(self.glm))
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {expected}", self.headers[key][0], key,
+                                  hint="shape mismatch with config.json")
+        return tensor
+
+
+def _read_header(file: Path) -> Tuple[int, dict]:
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CheckpointError("file is shorter than a safetensors header", file, hint="the file is truncated")
+        length = struct.unpack("<Q", raw)[0]
+        if length > size - 8:
+            raise CheckpointError(f"header of {length} bytes does not fit in the file", file,
+                                  hint="the file is truncated or corrupt")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise CheckpointError("header is not valid JSON", file, hint="the file is corrupt") from None
+    end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+        raise CheckpointError(f"file has {size} bytes, its header needs {8 + length + end}", file, last,
+                              hint="the file is truncated")
+    return 8 + length, header
+
+
+class SafetensorsWriter(Writer):
+    def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
+                 dtypes: Dict[str, torch.dtype]):
+        if options.tp != 1 or options.pp != 1:
+            raise CheckpointError(f"safetensors exports are consolidated (asked TP{options.tp} PP{options.pp})",
+                                  root, hint="drop --tp/--pp or use --to dist / --to sat")
+        self.root, self.glm, self.options = root, glm, options
+        self.bits = BITS[options.quantize] if options.quantize else None
+        plan: List[Tuple[str, torch.dtype, Tuple[int, ...]]] = []
+        for key, spec, _ in glm.entries():
+            shape = tuple(spec.shape(glm))
+            if self.bits and spec.quantize:
+                plan.append((key, torch.int8, (shape[0], shape[1] // 2 if self.bits == 4 else shape[1])))
+                plan.append((key + "_scale", torch.float16, (shape[0],)))
+            else:
+                plan.append((key, options.target_dtype(torch.empty(0, dtype=dtypes[key])), shape))
+        self.files = self._assign_files(plan)
+        self.order = [name for file in self.files for name in file[1]]
+        self.plan = {name: (dtype, shape) for name, dtype, shape in plan}
+        self._next = 0
+        self._handle = None
+        self._file_index = -1
+        config = {"format": FORMAT, "glm_model": glm.to_dict(), "step": step,
+                  "quantization": {"bits": self.bits, "scheme": "per-row symmetric absmax, fp16 scales"}
+                  if self.bits else None}
+        (root / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if len(self.files) > 1:
+            index = {"metadata": {"total_size": sum(_nbytes(d, s) for _, d, s in plan)},
+                     "weight_map": {name: file for file, names in self.files for name in names}}
+            (root / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+    def _assign_files(self, plan) -> List[Tuple[str, List[str]]]:
+        limit = self.options.max_shard_bytes
+        groups: List[List[str]] = [[]]
+        size = 0
+        for name, dtype, shape in plan:
+            nbytes = _nbytes(dtype, shape)
+            if limit and groups[-1] and size + nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(name)
+            size += nbytes
+        if len(groups) == 1:
+            return [(SINGLE, groups[0])]
+        return [(f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors", g) for i, g in enumerate(groups)]
+
+    def _emit(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self.order) or self.order[self._next] != name:
+            raise CheckpointError("tensor arrived out of the planned order", self.root, name)
+        while self._handle is None or name not in self.files[self._file_index][1]:
+            self._open_next()
+        dtype, shape = self.plan[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise CheckpointError(f"planned {shape} {dtype}, got {tuple(tensor.shape)} {tensor.dtype}", self.root, name)
+        self._handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
+        self._next += 1
+
+    def _open_next(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._file_index += 1
+        file, names = self.files[self._file_index]
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in names:
+            dtype, shape = self.plan[name]
+            nbytes = _nbytes(dtype, shape)
+            header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._handle = open(self.root / file, "wb")
+        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
+
+    def write(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
+        if self.bits and spec.quantize:
+            values, scale = quantize(full, self.bits)
+            self._emit(key, values)
+            self._emit(key + "_scale", scale)
+        else:
+            self._emit(key, full.to(self.plan[key][0]))
+
+    def close(self) -> None:
+        if self._next != len(self.order):
+            raise CheckpointError("not every planned tensor was written", self.root, self.order[self._next])
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _nbytes(dtype: torch.dtype, shape) -> int:
+    numel = 1
+    for size in shape:
+        numel *= size
+    return numel * dtype.itemsize

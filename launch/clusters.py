@@ -1,0 +1,140 @@
+"""Cluster profiles: the hardware the planner models and the Slurm settings submit renders.
+
+A profile is a YAML file in launch/clusters/ (shipped: dgx-a100-96, local-slurm, local) or any
+path; `--set dotted.key=value` overrides a field (site settings such as the partition, account,
+container image or the InfiniBand HCA list). The hardware numbers are datasheet facts; what the
+planner assumes about achievable efficiency lives in launch/performance.py, not here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from megatron_glm.config.loader import ConfigError, _apply_override, _build, _Source, _unknown_name_message
+
+CLUSTER_DIR = Path(__file__).parent / "clusters"
+
+
+@dataclass
+class DeviceSpec:
+    """One accelerator (or, for CPU profiles, one rank's share of the host)."""
+
+    name: str = "cpu"
+    kind: str = "cpu"
+    """"gpu" (one rank per GPU, NCCL) or "cpu" (gloo; for tests and laptops)."""
+    memory_gb: float = 4.0
+    """Usable memory per rank in GB (1e9 bytes): A100-SXM4-40GB has 40."""
+    peak_tflops: float = 0.1
+    """Dense fp16/bf16 tensor-core peak (A100: 312)."""
+    hbm_gbps: float = 20.0
+    """Memory bandwidth in GB/s (A100 40GB: 1555)."""
+
+
+@dataclass
+class FabricSpec:
+    """How ranks talk: inside a node (NVLink) and between nodes (InfiniBand)."""
+
+    intra_node: str = "shared memory"
+    intra_node_busbw_gbps: float = 5.0
+    """NCCL all-reduce bus bandwidth inside a node (DGX A100, NVSwitch: ~230 GB/s per nccl-tests)."""
+    inter_node: str = "loopback TCP"
+    inter_node_gbps_per_gpu: float = 1.0
+    """Line rate per rank between nodes in GB/s (HDR InfiniBand 200 Gb/s = 25 GB/s, one HCA per GPU)."""
+
+
+@dataclass
+class SlurmSpec:
+    """What goes into the #SBATCH header. Empty strings are site settings left unset (omitted)."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_limit: str = "04:00:00"
+    signal_seconds: int = 900
+    """USR1 this many seconds before the time limit (--signal=B:USR1@N): enough to save a checkpoint."""
+    exclusive: bool = True
+    requeue: bool = True
+    """Site allows `scontrol requeue`; false: continue with a dependent job instead."""
+    exclude: List[str] = field(default_factory=list)
+    """Nodes never to run on (--exclude)."""
+    container_image: str = ""
+    """pyxis/enroot image (srun --container-image); empty: run on the host."""
+    container_mounts: str = ""
+    cpus_per_task: int = 0
+    """0: omit (Slurm's default)."""
+    task_exit_grace_seconds: int = 300
+    """After the first task of the step ends, how long the others may take (srun --wait) before
+    they are killed: long enough for every rank to finish writing a checkpoint."""
+    max_failures: int = 3
+    """Consecutive allocations that crash without a new checkpoint before the job gives up."""
+    extra_sbatch: List[str] = field(default_factory=list)
+    """Further #SBATCH lines, verbatim (e.g. "--gres=gpu:8")."""
+
+
+@dataclass
+class ClusterProfile:
+    name: str = "local"
+    description: str = ""
+    scheduler: str = "slurm"
+    """"slurm" or "none" (this machine only: glm-launch run)."""
+    nodes: int = 1
+    gpus_per_node: int = 1
+    """Ranks per node (one task per GPU)."""
+    device: DeviceSpec = field(default_factory=DeviceSpec)
+    fabric: FabricSpec = field(default_factory=FabricSpec)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    env: Dict[str, str] = field(default_factory=dict)
+    """Environment for every rank (NCCL and CUDA settings of the fabric)."""
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def cluster_names() -> List[str]:
+    return sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml"))
+
+
+def load_cluster(spec: str, overrides: Sequence[str] = ()) -> ClusterProfile:
+    """A shipped profile by name, or a YAML file; `overrides` are dotted.key=value. Raises
+    ConfigError naming the file, line and field."""
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        path = CLUSTER_DIR / f"{spec}.yaml"
+        if not path.is_file():
+            raise ConfigError([_unknown_name_message("cluster profile", spec, cluster_names())])
+    elif not path.is_file():
+        raise ConfigError([f"{spec}: no such cluster profile file"])
+    source = _Source.from_file(path)
+    if not isinstance(source.data, dict):
+        raise ConfigError([f"{source.name}: expected a mapping at the top level"])
+    problems: List[str] = []
+    data = copy.deepcopy(source.data)
+    for override in overrides:
+        _apply_override(data, override, problems)
+    profile = _build(ClusterProfile, data, "", source, problems)
+    if not problems:
+        problems.extend(_profile_problems(profile, source.name))
+    if problems:
+        raise ConfigError(problems)
+    return profile
+
+
+def _profile_problems(profile: ClusterProfile, name: str) -> List[str]:
+    problems = []
+    if profile.scheduler not in ("slurm", "none"):
+        problems.append(f"{name}: scheduler={profile.scheduler!r}; choose slurm or none")
+    if profile.device.kind not in ("gpu", "cpu"):
+        problems.append(f"{name}: device.kind={profile.device.kind!r}; choose gpu or cpu")
+    for key in ("nodes", "gpus_per_node"):
+        if getattr(profile, key) < 1:
+            problems.append(f"{name}: {key}={getattr(profile, key)} must be >= 1")
+    for key in ("memory_gb", "peak_tflops", "hbm_gbps"):
+        if getattr(profile.device, key) <= 0:
+            problems.append(f"{name}: device.{key} must be > 0")
+    if profile.slurm.signal_seconds < 0:
+        problems.append(f"{name}: slurm.signal_seconds must be >= 0")
+    return problems

@@ -1,0 +1,39 @@
+"""Small helpers shared by the glm-ckpt tests: run the CLI in-process, get logits through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+
+from checkpoints.cli import main
+
+HEADS_ARGS = ["--num-attention-heads", "4"]
+
+
+def ckpt(capsys, *args: str) -> Tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `glm-ckpt args...` (capsys None: output not captured)."""
+    if capsys is None:
+        return main([str(a) for a in args]), "", ""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def convert(capsys, src: Path, dst: Path, *args: str) -> None:
+    code, out, err = ckpt(capsys, "convert", src, dst, "--quiet", *args, *HEADS_ARGS)
+    assert code == 0, err
+    assert dst.is_dir() and "wrote" in out
+
+
+def logits(capsys, checkpoint: Path, inputs: Path, out: Path) -> List[torch.Tensor]:
+    code, _, err = ckpt(capsys, "forward", checkpoint, "--inputs", inputs, "--out", out, *HEADS_ARGS)
+    assert code == 0, err
+    return torch.load(out)
+
+
+def max_abs_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
+    assert len(a) == len(b)
+    return max(float((x.double() - y.double()).abs().max()) for x, y in zip(a, b))

@@ -1,0 +1,105 @@
+"""Must-be-true 5: corrupt or truncated files, a missing shard, shape or key mismatches and
+impossible layouts fail with the file and key named, a non-zero exit, and no partial DST."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckpt_helpers import HEADS_ARGS, ckpt, convert
+from plain_sat_writer import write_sat
+
+
+@pytest.fixture
+def sat(tmp_path, tiny_workdir) -> Path:
+    write_sat(torch.load(tiny_workdir / "weights.pt"), tmp_path / "sat", 2, iteration=5, num_layers=8, head_dim=16)
+    return tmp_path / "sat"
+
+
+def _fails(capsys, src: Path, dst: Path, *args: str, expect=()):
+    code, _, err = ckpt(capsys, "convert", src, dst, "--to", "dist", "--quiet", *HEADS_ARGS, *args)
+    assert code == 1
+    for text in expect:
+        assert text in err, err
+    assert not dst.exists()
+    assert not [p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.")]  # no tmp left over
+    return err
+
+
+def test_truncated_sat_shard(capsys, tmp_path, sat):
+    shard = sat / "5" / "mp_rank_01_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    _fails(capsys, sat, tmp_path / "out", expect=[str(shard), "truncated"])
+
+
+def test_corrupt_tensor_bytes_in_a_dist_shard(capsys, tmp_path, train_ckpt):
+    from checkpoints.formats.dist import DistReader
+
+    reader = DistReader(train_ckpt, num_attention_heads=4)
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(train_ckpt, broken)
+    fqn = "decoder.layers.mlp.linear_fc2.weight"
+    index = next(i for i in reader.metadata.storage_data if i.fqn == fqn)
+    info = reader.metadata.storage_data[index]
+    target = broken / "iter_0000012" / info.relative_path
+    data = bytearray(target.read_bytes())
+    data[info.offset: info.offset + 64] = b"\xff" * 64  # the chunk's zip header
+    target.write_bytes(bytes(data))
+    _fails(capsys, broken, tmp_path / "out", expect=[str(target), fqn, "corrupt"])
+
+
+def test_missing_sat_and_dist_shards(capsys, tmp_path, sat, train_ckpt):
+    (sat / "5" / "mp_rank_00_model_states.pt").unlink()
+    _fails(capsys, sat, tmp_path / "out", expect=["mp_rank_00_model_states.pt", "shard is missing"])
+    import shutil
+
+    shutil.copytree(train_ckpt, tmp_path / "dist")
+    (tmp_path / "dist" / "iter_0000012" / "__3_0.distcp").unlink()
+    _fails(capsys, tmp_path / "dist", tmp_path / "out", expect=["__3_0.distcp", "shard file is missing", "key"])
+
+
+def test_shape_and_key_mismatch(capsys, tmp_path, sat):
+    shard = sat / "5" / "mp_rank_01_model_states.pt"
+    state = torch.load(shard, weights_only=True)
+    key = "transformer.layers.2.attention.dense.weight"
+    state["module"][key] = state["module"][key][:, :-1].clone()
+    torch.save(state, shard)
+    _fails(capsys, sat, tmp_path / "out", expect=[str(shard), key, "shape"])
+    state["module"]["transformer.layers.2.attention.dense.weights"] = state["module"].pop(key)
+    torch.save(state, shard)
+    _fails(capsys, sat, tmp_path / "out", expect=[str(shard), key, "missing"])
+
+
+def test_impossible_layouts(capsys, tmp_path, sat):
+    _fails(capsys, sat, tmp_path / "out", "--tp", "3", expect=["cannot split", "key", "--tp"])
+    _fails(capsys, sat, tmp_path / "out", "--tp", "8", expect=["4 attention heads", "linear_qkv.weight"])
+    _fails(capsys, sat, tmp_path / "out", "--pp", "3", expect=["8 layers", "--pp"])
+    code, _, err = ckpt(capsys, "convert", sat, tmp_path / "out", "--to", "sat", "--pp", "2", *HEADS_ARGS)
+    assert code == 1 and "no pipeline split" in err and not (tmp_path / "out").exists()
+
+
+def test_existing_destination_needs_force(capsys, tmp_path, sat):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep").write_text("x")
+    code, _, err = ckpt(capsys, "convert", sat, dst, "--to", "dist", *HEADS_ARGS)
+    assert code == 1 and "--force" in err and (dst / "keep").exists()
+    convert(capsys, sat, dst, "--to", "dist", "--force")
+    assert not (dst / "keep").exists() and (dst / "latest").read_text() == "iter_0000005"
+
+
+def test_console_exit_code_and_bad_inputs(tmp_path, sat):
+    """The real process exits non-zero; a forward with a float mask names the field."""
+    torch.save({"tokens": torch.zeros(1, 4, dtype=torch.long), "position_ids": torch.zeros(1, 4, dtype=torch.long),
+                "attention_mask": torch.zeros(1, 1, 4, 4)}, tmp_path / "in.pt")
+    result = subprocess.run([sys.executable, "-m", "checkpoints.cli", "forward", str(sat), "--inputs",
+                             str(tmp_path / "in.pt"), "--out", str(tmp_path / "o.pt"), *HEADS_ARGS],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "attention_mask" in result.stderr and "bool" in result.stderr
+    assert not (tmp_path / "o.pt").exists()

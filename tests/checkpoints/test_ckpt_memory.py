@@ -1,0 +1,61 @@
+"""Must-be-true 4: converting a model of >= 500 MB streams -- the converter process's peak RSS
+(ru_maxrss, measured in the child) stays below 3x its largest tensor + 300 MB, which a converter
+holding the whole model (506 MiB here, largest tensor 64 MiB: limit 492 MiB) could not meet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints.formats.base import WriteOptions
+from checkpoints.formats.safetensors_format import SafetensorsWriter
+from checkpoints.shapes import GLMShape
+
+GLM = GLMShape(num_layers=9, hidden_size=1024, num_attention_heads=8, ffn_hidden_size=2816, padded_vocab_size=16384)
+MB = 2 ** 20
+
+_MEASURE = """
+import resource, sys
+from checkpoints.cli import main
+code = main(sys.argv[1:])
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory) -> Path:
+    """A 506 MiB fp32 safetensors export of random weights, written one tensor at a time."""
+    root = tmp_path_factory.mktemp("big") / "st"
+    root.mkdir()
+    entries = GLM.entries()
+    writer = SafetensorsWriter(root, GLM, WriteOptions(), step=3, dtypes={k: torch.float32 for k, _, _ in entries})
+    generator = torch.Generator().manual_seed(0)
+    for key, spec, layer in entries:
+        writer.write(key, spec, layer, torch.randn(spec.shape(GLM), generator=generator))
+    writer.close()
+    return root
+
+
+def _largest_bytes() -> int:
+    return max(torch.Size(spec.shape(GLM)).numel() * 4 for _, spec, _ in GLM.entries())
+
+
+@pytest.mark.parametrize("target", [["--to", "sat", "--tp", "2"], ["--to", "dist", "--tp", "2", "--pp", "3"]])
+def test_conversion_peak_memory(tmp_path, big_source, target):
+    model_bytes = GLM.parameter_count() * 4
+    assert model_bytes >= 500 * MB
+    result = subprocess.run([sys.executable, "-c", _MEASURE, "convert", str(big_source), str(tmp_path / "out"),
+                             "--quiet", *target], capture_output=True, text=True, timeout=300,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    peak = int(result.stdout.split("PEAK_KB")[1]) * 1024
+    limit = 3 * _largest_bytes() + 300 * MB
+    print(f"model {model_bytes / MB:.0f} MB, largest tensor {_largest_bytes() / MB:.0f} MB, "
+          f"peak RSS {peak / MB:.0f} MB, limit {limit / MB:.0f} MB")
+    assert peak < limit
+    assert sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file()) >= model_bytes
