@@ -37,6 +37,23 @@ def fused_softmax_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("scaled_masked_softmax_cuda") is not None
 
 
+def _previous_stage_is_next_stage(run: RunConfig) -> bool:
+    """True for the interleaved schedule at pipeline 2, where megatron-core's batched p2p must be off.
+
+    There a rank's previous and next pipeline ranks are the same rank. Once backward passes start,
+    the interleaved schedule exchanges an activation (send_next / recv_prev) and an input gradient
+    (send_prev / recv_next) with that rank in one call, and untagged point-to-point messages between
+    two ranks are matched in posting order. The batched ops (batch_p2p_comm, the default) post
+    send_prev, recv_prev, send_next, recv_next on every rank, so the peer's gradient lands in the
+    activation buffer and its activation in the gradient buffer: PP2 x VPP2 losses differed from the
+    reference from micro-batch 2 of step 1 on. The unbatched _p2p_ops orders sends and receives by
+    even/odd rank and gives the two directions of a two-rank pipeline different process groups, so
+    every tensor reaches its own buffer. With pipeline > 2 prev != next; without interleaving no
+    call sends both ways: the batched path stays correct there.
+    """
+    return run.parallel.pipeline == 2 and run.parallel.virtual_pipeline is not None
+
+
 def build_transformer_config(run: RunConfig, use_cpu_initialization: Optional[bool] = None) -> GLMTransformerConfig:
     """megatron-core config for `run`. Fused CUDA kernels are used only where CUDA is present."""
     model, par = run.model, run.parallel
@@ -63,6 +80,7 @@ def build_transformer_config(run: RunConfig, use_cpu_initialization: Optional[bo
         num_layers_in_last_pipeline_stage=par.last_stage_layers,
         params_dtype=dtype,
         pipeline_dtype=dtype,
+        batch_p2p_comm=not _previous_stage_is_next_stage(run),
         fp16=run.precision == "fp16",
         bf16=run.precision == "bf16",
         hidden_dropout=model.hidden_dropout,

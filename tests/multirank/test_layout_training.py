@@ -1,7 +1,7 @@
 """Four optimizer steps (DDP + DistributedOptimizer, Adam) from the same weights and data give the
-same losses at TP1xPP1xDP1, TP2xPP2xDP2 (8 ranks), TP1xPP4 with the interleaved schedule (virtual
-pipeline 2), an uneven TP1xPP3 pipeline (2 / 4 / 2 layers), and with full (TP2xDP1) or selective
-activation recompute."""
+same losses at TP1xPP1xDP1, TP2xPP2xDP2 (8 ranks), TP1xPP4 and TP1xPP2 with the interleaved schedule
+(virtual pipeline 2), an uneven TP1xPP3 pipeline (2 / 4 / 2 layers), with full (TP2xDP1) or selective
+activation recompute, and with gradient reduction overlapped with the backward pass (PP2 x VPP2 x DP2)."""
 
 import json
 
@@ -15,10 +15,14 @@ LAYOUTS = {  # name: (ranks, config overrides)
     "tp1_pp1_dp1": (1, []),
     "tp2_pp2_dp2": (8, ["parallel.tensor=2", "parallel.pipeline=2"]),
     "tp1_pp4_vpp2": (4, ["parallel.pipeline=4", "parallel.virtual_pipeline=2"]),
+    # PP2: a rank's previous and next stage are the same rank (activations and gradients both ways)
+    "tp1_pp2_vpp2": (2, ["parallel.pipeline=2", "parallel.virtual_pipeline=2"]),
     "tp1_pp3_uneven": (3, ["parallel.pipeline=3", "parallel.first_stage_layers=2",
                            "parallel.last_stage_layers=2"]),
     "tp2_full_recompute": (2, ["parallel.tensor=2", "recompute.granularity=full"]),
     "tp1_selective_recompute": (1, ["recompute.granularity=selective"]),
+    "tp1_pp2_vpp2_dp2_overlap": (4, ["parallel.pipeline=2", "parallel.virtual_pipeline=2",
+                                     "parallel.overlap_grad_reduce=true"]),
 }
 
 
@@ -35,7 +39,9 @@ def test_layouts_are_what_they_claim(losses):
     assert losses["tp2_pp2_dp2"]["dp"] == 2
     assert losses["tp1_pp4_vpp2"]["dp"] == 1
     assert losses["tp1_pp4_vpp2"]["rank0_layers"] == [1, 1]  # two chunks of one layer each
+    assert losses["tp1_pp2_vpp2"]["rank0_layers"] == [2, 2]
     assert losses["tp1_pp3_uneven"]["rank0_layers"] == [2]
+    assert losses["tp1_pp2_vpp2_dp2_overlap"]["dp"] == 2
 
 
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "tp1_pp1_dp1"])
