@@ -23,7 +23,8 @@ from checkpoints.formats.dist import DistReader, DistWriter, checkpoint_dir, spe
 from checkpoints.formats.safetensors_format import SafetensorsReader, SafetensorsWriter, is_safetensors
 from checkpoints.formats.sat import SatReader, SatWriter, is_sat
 from checkpoints.mappings import check_layout
-from checkpoints.memory import release_large_buffers_on_free
+from checkpoints import filecopy
+from checkpoints.memory import BufferPool, release_large_buffers_on_free
 
 FORMATS = ("dist", "sat", "safetensors")
 
@@ -87,20 +88,25 @@ def convert(src: str, dst: str, to: str, options: WriteOptions, read_options: Op
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            writer = _writer(to, tmp, reader, options, dtypes)
-            written = 0
-            bar = {"unit": "tensor", "leave": False, "disable": None if progress else True}
-            for key, spec, layer in tqdm(entries, desc=f"convert to {to}", **bar):
-                full = reader.read(key, spec)
-                written += full.numel() * full.element_size()
-                writer.write(key, spec, layer, full)
-                del full
-            for key in tqdm(extras, desc="optimizer state", **bar):
-                spec, layer = spec_for(key)
-                full = reader.read(key, spec)
-                writer.write_extra(key, spec, layer, full)
-                del full
-            writer.close()
+            # each tensor is written and dropped before the next is read: buffers are reused, and
+            # unchanged source bytes are copied file to file (memory.BufferPool, filecopy)
+            with BufferPool.active(), filecopy.active():
+                writer = _writer(to, tmp, reader, options, dtypes)
+                written = 0
+                bar = {"unit": "tensor", "leave": False, "disable": None if progress else True}
+                for key, spec, layer in tqdm(entries, desc=f"convert to {to}", **bar):
+                    filecopy.forget()
+                    full = reader.read(key, spec)
+                    written += full.numel() * full.element_size()
+                    writer.write(key, spec, layer, full)
+                    del full
+                for key in tqdm(extras, desc="optimizer state", **bar):
+                    spec, layer = spec_for(key)
+                    filecopy.forget()
+                    full = reader.read(key, spec)
+                    writer.write_extra(key, spec, layer, full)
+                    del full
+                writer.close()
             _publish(tmp, dst_path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

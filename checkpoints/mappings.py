@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from checkpoints.errors import CheckpointError
+from checkpoints.memory import empty
 
 if TYPE_CHECKING:
     from checkpoints.shapes import GLMShape
@@ -53,14 +54,21 @@ class TensorMapping:
         part = size // (world * self.stride)
         return [(k * world * part + rank * part, part) for k in range(self.stride)]
 
-    def split(self, full: torch.Tensor, world: int) -> List[torch.Tensor]:
+    def split(self, full: torch.Tensor, world: int, slot: Optional[str] = None) -> List[torch.Tensor]:
         if self.dim is None or world == 1:
             return [full] * world
         pieces = []
         for rank in range(world):
             parts = [full.narrow(self.dim, start, length) for start, length in
                      self.ranges(full.shape[self.dim], world, rank)]
-            pieces.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=self.dim))  # views where possible
+            if len(parts) == 1:
+                pieces.append(parts[0])  # a view
+            elif slot is None:
+                pieces.append(torch.cat(parts, dim=self.dim))
+            else:  # into a reused buffer (see memory.BufferPool): valid until the next split
+                shape = list(parts[0].shape)
+                shape[self.dim] = sum(part.shape[self.dim] for part in parts)
+                pieces.append(torch.cat(parts, dim=self.dim, out=empty(shape, full.dtype, f"{slot}{rank}")))
         return pieces
 
     def merge(self, pieces: Sequence[torch.Tensor], key: str = "", path: object = None) -> torch.Tensor:
@@ -78,7 +86,7 @@ class TensorMapping:
                                       path, key, hint="the shards come from different checkpoints")
         size = shape[self.dim] * world
         shape[self.dim] = size
-        full = torch.empty(shape, dtype=pieces[0].dtype)
+        full = empty(shape, pieces[0].dtype, "merged")
         for rank, piece in enumerate(pieces):
             offset = 0
             for start, length in self.ranges(size, world, rank):

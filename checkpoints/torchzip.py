@@ -27,7 +27,9 @@ from typing import IO, Any, Dict, Iterable, Tuple, Union
 
 import torch
 
+from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
+from checkpoints.memory import contiguous, empty
 
 _STORAGE_NAME = torch.storage._dtype_to_storage_type_map()
 _STORAGE_DTYPE = {name: dtype for dtype, name in _STORAGE_NAME.items()}
@@ -81,6 +83,13 @@ class StreamingTorchWriter:
 
     def __init__(self, target: Union[Path, IO[bytes]]):
         self.path = target if isinstance(target, Path) else getattr(target, "name", "<stream>")
+        self._own = None
+        if filecopy.is_active():  # through _CopyingFile, so unchanged source bytes can be copied in the kernel
+            if isinstance(target, Path):
+                target = self._own = open(target, "wb")
+            target = self._copying = _CopyingFile(target)
+        else:
+            self._copying = None
         self._writer = torch._C.PyTorchFileWriter(str(target) if isinstance(target, Path) else target, False,
                                                   torch.serialization._get_storage_alignment())
         self._refs: Dict[str, TensorRef] = {}
@@ -110,10 +119,17 @@ class StreamingTorchWriter:
         if tuple(tensor.shape) != ref.shape or tensor.dtype != ref.dtype:
             raise CheckpointError(f"planned {ref.shape} {ref.dtype}, got {tuple(tensor.shape)} {tensor.dtype}",
                                   self.path, name)
-        tensor = tensor.contiguous()  # a copy only for views that are not (e.g. a column split)
+        tensor = contiguous(tensor, "contig")  # a copy only for views that are not (e.g. a column split)
         start = tensor.storage_offset() * tensor.element_size()
         storage = tensor.untyped_storage()[start: start + tensor.numel() * tensor.element_size()]  # shares memory
-        self._writer.write_record(f"data/{ref.storage.key}", storage, storage.nbytes())
+        ranges = filecopy.source_ranges(tensor) if self._copying is not None else None
+        if ranges is not None:
+            self._copying.expect(tensor.data_ptr(), storage.nbytes(), ranges)
+        try:
+            self._writer.write_record(f"data/{ref.storage.key}", storage, storage.nbytes())
+        finally:
+            if self._copying is not None:
+                self._copying.expect(None, 0, None)
         self._written.add(name)
 
     def close(self) -> None:
@@ -122,6 +138,42 @@ class StreamingTorchWriter:
             raise CheckpointError(f"{len(missing)} planned tensors were never written", self.path,
                                   sorted(missing)[0])
         self._writer.write_end_of_file()
+        if self._own is not None:
+            self._own.close()
+
+
+class _CopyingFile:
+    """The file object torch's zip writer writes to: passes writes on to `handle`, except the one
+    carrying the expected tensor's bytes, which it copies from the source file in the kernel."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self._expected = None
+
+    def expect(self, pointer, nbytes: int, ranges) -> None:
+        self._expected = (pointer, nbytes, ranges) if pointer is not None else None
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        if self._expected is not None and view.nbytes == self._expected[1]:
+            pointer, nbytes, ranges = self._expected
+            if view.nbytes and filecopy._address(view) == pointer:
+                self._expected = None
+                self.handle.flush()
+                position = self.handle.tell()
+                filecopy.copy_to(ranges, self.handle.fileno(), position)
+                self.handle.seek(position + nbytes)
+                return nbytes
+        if view.nbytes >= filecopy.MIN_BYTES:  # a tensor's bytes: through a pipe (filecopy.write_memory)
+            self.handle.flush()
+            position = self.handle.tell()
+            filecopy.write_memory(self.handle.fileno(), position, view)
+            self.handle.seek(position + view.nbytes)
+            return view.nbytes
+        return self.handle.write(view)
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
@@ -176,21 +228,32 @@ class StreamingTorchReader:
                                   hint="the file is truncated or corrupt: copy it again") from None
         self._file = open(self.path, "rb")
 
-    def read(self, ref: TensorRef, key: str) -> torch.Tensor:
+    def read(self, ref: TensorRef, key: str, slot: str = "read") -> torch.Tensor:
         record = f"{self._prefix}data/{ref.storage.key}"
         try:
             offset = self._reader.get_record_offset(record)
         except Exception:
             raise CheckpointError(f"storage record {record} is missing", self.path, key,
                                   hint="the file is truncated or corrupt") from None
-        storage = torch.empty(ref.storage.numel, dtype=ref.dtype)
-        view = storage.view(torch.uint8).numpy()
-        self._file.seek(offset)
-        if self._file.readinto(memoryview(view)) != view.nbytes:
-            raise CheckpointError("tensor data ends early", self.path, key, hint="the file is truncated")
+        nbytes = ref.storage.numel * ref.dtype.itemsize
+        mapped = filecopy.map_bytes(str(self.path), offset, nbytes) if offset % ref.dtype.itemsize == 0 else None
+        if mapped is not None:
+            storage = mapped.view(ref.dtype)
+        else:
+            storage = empty((ref.storage.numel,), ref.dtype, slot)
+            view = storage.view(torch.uint8).numpy()
+            self._file.seek(offset)
+            if self._file.readinto(memoryview(view)) != view.nbytes:
+                raise CheckpointError("tensor data ends early", self.path, key, hint="the file is truncated")
         if ref.offset + _span(ref.shape, ref.stride) > ref.storage.numel:
             raise CheckpointError("tensor view exceeds its storage", self.path, key, hint="the file is corrupt")
+        self._last = (storage.data_ptr(), offset)
         return storage.as_strided(ref.shape, ref.stride, ref.offset)
+
+    def file_offset(self, tensor: torch.Tensor) -> int:
+        """Where in the file the first byte of `tensor` (a view of the last read()) lies."""
+        base, offset = self._last
+        return offset + tensor.data_ptr() - base
 
     def close(self) -> None:
         self._file.close()
@@ -211,6 +274,35 @@ def save_tensor(tensor: torch.Tensor, handle: IO[bytes]) -> None:
     writer.close()
 
 
+class _ViewFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without copying it (for zipfile)."""
+
+    def __init__(self, raw) -> None:
+        super().__init__()
+        self._view = memoryview(raw).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        data = self._view[self._pos: self._pos + len(buffer)]
+        memoryview(buffer).cast("B")[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 def _record_start(raw: bytes, info: zipfile.ZipInfo) -> int:
     """Where a stored record's bytes begin (after its local header; read directly, so no CRC check)."""
     name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
@@ -220,7 +312,7 @@ def _record_start(raw: bytes, info: zipfile.ZipInfo) -> int:
 def load_tensor_blob(raw: bytes, path: object, key: str) -> torch.Tensor:
     """The tensor of a torch.save blob held in memory, viewed in place (no copy, no CRC check)."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(raw))
+        archive = zipfile.ZipFile(_ViewFile(raw))  # io.BytesIO would copy the whole blob
         names = {info.filename.split("/", 1)[-1]: info for info in archive.infolist()}
         pickle_start = _record_start(raw, names["data.pkl"])
         ref = _RefUnpickler(bytes(raw[pickle_start: pickle_start + names["data.pkl"].file_size]), path).load()

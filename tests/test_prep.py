@@ -11,11 +11,12 @@ import pytest
 import zstandard
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from conftest import DEMO_CORPUS
 from data_prep.indexed_writer import IndexedDatasetWriter, token_dtype
 from data_prep.readers import Document, read_documents
 from data_prep.tokenize import TokenizeOptions, TooManyBadRecords, tokenize
 from megatron_glm.data.tokenizer import GLMTokenizer, TokenizerError
+
+DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data_prep" / "demo_corpus"
 
 GLM_PREP = str(Path(sys.executable).parent / "glm-prep")
 

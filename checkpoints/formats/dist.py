@@ -29,9 +29,11 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
 
+from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
 from checkpoints.mappings import ParamSpec, spec_of
+from checkpoints.memory import empty
 from checkpoints.shapes import GLMShape
 from checkpoints.torchzip import load_tensor_blob, save_tensor
 
@@ -156,14 +158,15 @@ class DistReader(Reader):
             raise CheckpointError(f"global shape {tuple(meta.size)}, expected {expected} per layer"
                                   if layer is not None else f"shape {tuple(meta.size)}, expected {expected}",
                                   self.dir / ".metadata", fqn, hint="shape mismatch: another model's checkpoint?")
-        out = torch.empty(expected, dtype=meta.properties.dtype)
-        covered = 0
+        out = empty(expected, meta.properties.dtype, "read")
+        covered, extents = 0, []
         for chunk in meta.chunks:
             offsets, sizes = list(chunk.offsets), list(chunk.sizes)
             if layer is not None:
                 if not offsets[0] <= layer < offsets[0] + sizes[0]:
                     continue
-            data = self._chunk(fqn, chunk)
+            data, file, data_offset = self._chunk(fqn, chunk)
+            base = data.data_ptr()
             if layer is not None:
                 data = data[layer - offsets[0]]
                 offsets, sizes = offsets[1:], sizes[1:]
@@ -172,12 +175,20 @@ class DistReader(Reader):
                 target = target.narrow(dim, start, length)
             target.copy_(data)
             covered += data.numel()
+            if target.is_contiguous() and data.is_contiguous():
+                extents.append((target.data_ptr() - out.data_ptr(), data.numel() * data.element_size(), str(file),
+                                data_offset + data.data_ptr() - base))
+            else:
+                extents.append((0, 0, "", 0))  # marks a gap: no file copy for this tensor
         if covered != out.numel():
             raise CheckpointError(f"chunks cover {covered} of {out.numel()} values", self.dir / ".metadata", fqn,
                                   hint="the checkpoint is incomplete")
+        if any(not path for _, _, path, _ in extents):
+            extents = []
+        filecopy.attach(out, extents)
         return out
 
-    def _chunk(self, fqn: str, chunk: ChunkStorageMetadata) -> torch.Tensor:
+    def _chunk(self, fqn: str, chunk: ChunkStorageMetadata) -> Tuple[torch.Tensor, Path, int]:
         info = self.metadata.storage_data.get(MetadataIndex(fqn, chunk.offsets))
         if info is None:
             raise CheckpointError(f"no storage for the chunk at {tuple(chunk.offsets)}", self.dir / ".metadata", fqn)
@@ -187,17 +198,21 @@ class DistReader(Reader):
         file = self.dir / info.relative_path
         if not file.is_file():
             raise CheckpointError("shard file is missing", file, fqn, hint="copy every __*.distcp file")
-        raw = bytearray(info.length)
-        with open(file, "rb") as handle:
-            handle.seek(info.offset)
-            if handle.readinto(raw) != info.length:
-                raise CheckpointError(f"chunk at byte {info.offset} ends early", file, fqn,
-                                      hint="the file is truncated")
+        mapped = filecopy.map_bytes(str(file), info.offset, info.length)
+        if mapped is not None:
+            raw = mapped.numpy()
+        else:
+            raw = empty((info.length,), torch.uint8, "chunk").numpy()
+            with open(file, "rb") as handle:
+                handle.seek(info.offset)
+                if handle.readinto(raw) != info.length:
+                    raise CheckpointError(f"chunk at byte {info.offset} ends early", file, fqn,
+                                          hint="the file is truncated")
         data = load_tensor_blob(raw, file, fqn)
         if list(data.shape) != list(chunk.sizes):
             raise CheckpointError(f"chunk at byte {info.offset} is not a tensor of {tuple(chunk.sizes)}", file, fqn,
                                   hint="the file is corrupt")
-        return data
+        return data, file, info.offset + data.data_ptr() - raw.ctypes.data
 
 
 class DistWriter(Writer):

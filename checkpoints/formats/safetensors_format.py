@@ -22,7 +22,9 @@ import torch
 
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
+from checkpoints import filecopy
 from checkpoints.mappings import ParamSpec
+from checkpoints.memory import contiguous, empty
 from checkpoints.quantize import BITS, dequantize, quantize
 from checkpoints.shapes import GLMShape
 
@@ -82,21 +84,29 @@ class SafetensorsReader(Reader):
             if key not in self.headers:
                 raise CheckpointError("key is missing", self.path, key, hint="the export is incomplete")
 
-    def _tensor(self, key: str) -> torch.Tensor:
+    def _tensor(self, key: str, slot: str = "read") -> torch.Tensor:
         file, start, entry = self.headers[key]
         begin, end = entry["data_offsets"]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
             raise CheckpointError(f"unsupported dtype {entry['dtype']}", file, key)
-        out = torch.empty(entry["shape"], dtype=dtype)
-        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
-        if view is not None and view.nbytes != end - begin:
+        if _nbytes(dtype, entry["shape"]) != end - begin:
             raise CheckpointError(f"{end - begin} bytes for shape {entry['shape']} {entry['dtype']}", file, key,
                                   hint="the header is corrupt")
+        mapped = filecopy.map_bytes(str(file), start + begin, end - begin) if (start + begin) % dtype.itemsize == 0 \
+            else None
+        if mapped is not None:
+            out = mapped.view(dtype).view(entry["shape"])
+            filecopy.attach(out, [(0, end - begin, str(file), start + begin)])
+            return out
+        out = empty(entry["shape"], dtype, slot)
+        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
         with open(file, "rb") as handle:
             handle.seek(start + begin)
             if view is not None and handle.readinto(memoryview(view)) != view.nbytes:
                 raise CheckpointError("tensor data ends early", file, key, hint="the file is truncated")
+        if view is not None:
+            filecopy.attach(out, [(0, view.nbytes, str(file), start + begin)])
         return out
 
     def dtype(self, key: str) -> torch.dtype:
@@ -107,7 +117,8 @@ class SafetensorsReader(Reader):
     def read(self, key: str, spec: ParamSpec) -> torch.Tensor:
         tensor = self._tensor(key)
         if spec.quantize and self.bits:
-            tensor = dequantize(tensor, self._tensor(key + "_scale"), self.bits)
+            tensor = dequantize(tensor, self._tensor(key + "_scale", "scale"), self.bits)
+            filecopy.forget()
         expected = tuple(spec.shape(self.glm))
         if tuple(tensor.shape) != expected:
             raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {expected}", self.headers[key][0], key,
@@ -191,7 +202,18 @@ class SafetensorsWriter(Writer):
         dtype, shape = self.plan[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise CheckpointError(f"planned {shape} {dtype}, got {tuple(tensor.shape)} {tensor.dtype}", self.root, name)
-        self._handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
+        data = contiguous(tensor, "contig")
+        ranges = filecopy.source_ranges(data)
+        if ranges is not None:  # unchanged bytes of the source: copied file to file in the kernel
+            self._handle.flush()
+            position = self._handle.tell()
+            position += filecopy.copy_to(ranges, self._handle.fileno(), position)
+            self._handle.seek(position)
+        else:
+            self._handle.flush()
+            position = self._handle.tell()
+            position += filecopy.write_memory(self._handle.fileno(), position, data.view(-1).view(torch.uint8).numpy())
+            self._handle.seek(position)
         self._next += 1
 
     def _open_next(self) -> None:

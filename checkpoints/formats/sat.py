@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
 from checkpoints.mappings import SAT_ROTARY, ParamSpec, spec_of
@@ -138,18 +139,42 @@ class SatReader(Reader):
         expected = list(spec.shape(self.glm))
         if spec.mapping.dim is not None:
             expected[spec.mapping.dim] //= world
-        pieces = []
+        pieces, starts = [], []
         for rank, shard in enumerate(self.shards):
             ref = self._ref(rank, sat_key)
-            tensor = shard.read(ref, sat_key)
+            tensor = shard.read(ref, sat_key, f"piece{rank}")
             if spec.quantize and self.bits:
-                scale = shard.read(self._ref(rank, sat_key + "_scale"), sat_key + "_scale")
+                scale = shard.read(self._ref(rank, sat_key + "_scale"), sat_key + "_scale", f"scale{rank}")
                 tensor = dequantize(tensor, scale, self.bits)
             if list(tensor.shape) != expected:
                 raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {tuple(expected)} for TP{world}",
                                       self.files[rank], sat_key, hint="shape mismatch: shards of another model?")
             pieces.append(tensor)
-        return spec.mapping.merge(pieces, sat_key, self.files[0])
+            starts.append(None if spec.quantize and self.bits else shard.file_offset(tensor))
+        full = spec.mapping.merge(pieces, sat_key, self.files[0])
+        if filecopy.is_active():
+            filecopy.attach(full, self._extents(full, pieces, starts, spec))
+        return full
+
+    def _extents(self, full: torch.Tensor, pieces, starts, spec: ParamSpec) -> List[filecopy.Extent]:
+        """Where `full`'s bytes lie in the shard files (empty: not all of them do, e.g. a column split)."""
+        if None in starts or not all(piece.is_contiguous() for piece in pieces) or not full.is_contiguous():
+            return []
+        size = full.element_size()
+        mapping, world = spec.mapping, len(pieces)
+        if mapping.dim is None or world == 1:
+            return [(0, full.numel() * size, str(self.files[0]), starts[0])]
+        if mapping.dim != 0:
+            return []
+        extents = []
+        for rank, piece in enumerate(pieces):
+            offset = 0
+            for start, length in mapping.ranges(full.shape[0], world, rank):
+                target, source = full.narrow(0, start, length), piece.narrow(0, offset, length)
+                extents.append((target.data_ptr() - full.data_ptr(), target.numel() * size, str(self.files[rank]),
+                                starts[rank] + source.data_ptr() - piece.data_ptr()))
+                offset += length
+        return extents
 
     def close(self) -> None:
         for shard in self.shards:
@@ -194,7 +219,7 @@ class SatWriter(Writer):
 
     def write(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
         sat_key = spec.sat_key(layer)
-        for writer, piece in zip(self.writers, spec.mapping.split(full, self.world)):
+        for writer, piece in zip(self.writers, spec.mapping.split(full, self.world, "split")):
             if self.bits and spec.quantize:
                 values, scale = quantize(piece, self.bits)
                 writer.write(sat_key, values)

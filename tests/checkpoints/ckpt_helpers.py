@@ -8,6 +8,15 @@ from typing import List, Tuple
 import torch
 
 from checkpoints.cli import main
+from multirank.harness import run_ranks
+
+SCENARIOS = Path(__file__).with_name("ckpt_scenarios.py")
+
+
+def run_scenario(name: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 240.0) -> None:
+    """harness.run_ranks with this folder's scenario script."""
+    run_ranks(name, nproc, workdir, *args, timeout_s=timeout_s, script=SCENARIOS)
+
 
 HEADS_ARGS = ["--num-attention-heads", "4"]
 

@@ -4,20 +4,10 @@ trainer's save_checkpoint on 4 gloo ranks, with Adam state) from the shared tiny
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
-import multirank.harness as harness
-
-SCENARIOS = Path(__file__).with_name("ckpt_scenarios.py")
-HEADS = 4  # glm-tiny
-
-
-def run_scenario(name: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 240.0) -> None:
-    """harness.run_ranks with this folder's scenario script."""
-    with mock.patch.object(harness, "SCENARIOS", SCENARIOS):
-        harness.run_ranks(name, nproc, workdir, *args, timeout_s=timeout_s)
+from ckpt_helpers import run_scenario
 
 
 @pytest.fixture(scope="session")

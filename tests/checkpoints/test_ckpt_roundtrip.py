@@ -11,7 +11,7 @@ import torch
 from checkpoints.convert import open_checkpoint
 from checkpoints.formats.sat import shard_name
 from ckpt_helpers import HEADS_ARGS, ckpt, convert, logits, max_abs_diff
-from conftest import run_scenario
+from ckpt_helpers import run_scenario
 
 pytestmark = pytest.mark.multirank
 

@@ -36,9 +36,11 @@ def _kill(procs: List[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def spawn_ranks(scenario: str, nproc: int, workdir: Path, *args: str) -> Tuple[List[subprocess.Popen], list]:
-    """Start `scenarios.py scenario workdir args...` on nproc ranks (each in its own session, log in
-    workdir/<scenario>.rank<r>.log). The caller must `kill_ranks` them in a finally."""
+def spawn_ranks(scenario: str, nproc: int, workdir: Path, *args: str,
+                script: Path = SCENARIOS) -> Tuple[List[subprocess.Popen], list]:
+    """Start `script scenario workdir args...` (default: scenarios.py) on nproc ranks (each in its
+    own session, log in workdir/<scenario>.rank<r>.log). The caller must `kill_ranks` them in a
+    finally."""
     port = free_port()
     procs, logs = [], []
     for rank in range(nproc):
@@ -47,7 +49,7 @@ def spawn_ranks(scenario: str, nproc: int, workdir: Path, *args: str) -> Tuple[L
                    PYTHONWARNINGS="ignore")
         log = open(workdir / f"{scenario}.rank{rank}.log", "w")
         logs.append(log)
-        procs.append(subprocess.Popen([sys.executable, str(SCENARIOS), scenario, str(workdir), *args],
+        procs.append(subprocess.Popen([sys.executable, str(script), scenario, str(workdir), *args],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     return procs, logs
 
@@ -59,9 +61,10 @@ def kill_ranks(procs: List[subprocess.Popen], logs: list) -> None:
         log.close()
 
 
-def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 300.0) -> None:
-    """Run `scenarios.py scenario workdir args...` on nproc ranks; raise with the logs on failure."""
-    procs, logs = spawn_ranks(scenario, nproc, workdir, *args)
+def run_ranks(scenario: str, nproc: int, workdir: Path, *args: str, timeout_s: float = 300.0,
+              script: Path = SCENARIOS) -> None:
+    """Run `script scenario workdir args...` on nproc ranks; raise with the logs on failure."""
+    procs, logs = spawn_ranks(scenario, nproc, workdir, *args, script=script)
     deadline = time.monotonic() + timeout_s
     failed = None
     try:
