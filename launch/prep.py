@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from launch.clusters import load_cluster
+from launch.sbatch import site_options
 from megatron_glm.config.loader import ConfigError
 
 
@@ -55,14 +56,7 @@ def _header(cluster, name: str, log: str, time_limit: str) -> List[str]:
     s = cluster.slurm
     lines = [f"#SBATCH --job-name={name}", "#SBATCH --nodes=1", "#SBATCH --ntasks=1", f"#SBATCH --time={time_limit}",
              f"#SBATCH --output={log}", "#SBATCH --open-mode=append"]
-    for key in ("partition", "account", "qos"):
-        if getattr(s, key):
-            lines.append(f"#SBATCH --{key}={getattr(s, key)}")
-    if s.exclude:
-        lines.append(f"#SBATCH --exclude={','.join(s.exclude)}")
-    if s.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={s.cpus_per_task}")
-    return lines
+    return lines + site_options(s)
 
 
 def render_scripts(request: PrepRequest, files: List[str]) -> tuple:

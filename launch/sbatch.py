@@ -55,14 +55,20 @@ def sbatch_header(cluster: ClusterProfile, job: JobSpec) -> List[str]:
         lines.append("#SBATCH --no-requeue")
     if s.exclusive:
         lines.append("#SBATCH --exclusive")
-    for key in ("partition", "account", "qos"):
-        if getattr(s, key):
-            lines.append(f"#SBATCH --{key}={getattr(s, key)}")
-    if s.exclude:
-        lines.append(f"#SBATCH --exclude={','.join(s.exclude)}")
-    if s.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={s.cpus_per_task}")
+    lines.extend(site_options(s))
     lines.extend(f"#SBATCH {extra}" for extra in s.extra_sbatch)
+    return lines
+
+
+def site_options(slurm) -> List[str]:
+    """#SBATCH lines of the site settings every job of a cluster carries (partition, account, QoS,
+    excluded nodes, CPUs per task)."""
+    lines = [f"#SBATCH --{key}={getattr(slurm, key)}" for key in ("partition", "account", "qos")
+             if getattr(slurm, key)]
+    if slurm.exclude:
+        lines.append(f"#SBATCH --exclude={','.join(slurm.exclude)}")
+    if slurm.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={slurm.cpus_per_task}")
     return lines
 
 
