@@ -7,6 +7,7 @@ steps wiggled 2-3x. Everything is seeded; the whole file runs in a few seconds.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from megatron_glm.monitor import spikes as spikes_mod
 from megatron_glm.monitor.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
 
 N_STEPS = 20_000
@@ -201,14 +203,21 @@ def test_online_equals_offline():
     det = SpikeDetector()
     online = [s for s in (det.update(int(a), float(b), float(c)) for a, b, c in zip(t, loss, gn)) if s]
     assert len(offline) > 100
-    assert _nan_equal(online, offline)
+    assert _same_spikes(online, offline)
     # incremental (dashboard) in uneven chunks
     det2 = SpikeDetector()
     chunked = []
     for lo, hi in [(0, 7), (7, 1000), (1000, 1001), (1001, 12345), (12345, N_STEPS)]:
         chunked += det2.update_many(t[lo:hi], loss[lo:hi], gn[lo:hi])
-    assert _nan_equal(chunked, offline)
-    assert det2.state_dict() == det.state_dict()
+    assert _same_spikes(chunked, offline)
+    assert _close_states(det2.state_dict(), det.state_dict())
+    # short chunks run the per-step loop itself: bit-identical to update()
+    det3 = SpikeDetector()
+    short = []
+    for lo in range(0, N_STEPS, 1500):
+        short += det3.update_many(t[lo:lo + 1500], loss[lo:lo + 1500], gn[lo:lo + 1500])
+    assert _nan_equal(short, online)
+    assert det3.state_dict() == det.state_dict()
 
 
 def _nan_equal(a, b):
@@ -216,6 +225,29 @@ def _nan_equal(a, b):
     def key(s):
         return json.dumps(s.as_dict(), sort_keys=True)  # json writes NaN as NaN
     return [key(s) for s in a] == [key(s) for s in b]
+
+
+def _close(a, b, rel: float = 1e-9) -> bool:
+    """Floats (or None) equal up to ``rel`` relative; NaN == NaN."""
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b)) or (
+        math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b)))
+
+
+def _same_spikes(a, b) -> bool:
+    """Same steps, reasons and values; baselines equal up to rounding (update_many on long
+    sequences computes them with numpy, see megatron_glm.monitor.spikes._scan_long)."""
+    return len(a) == len(b) and all(
+        x.step == y.step and x.reason == y.reason and _close(x.loss, y.loss) and _close(x.grad_norm, y.grad_norm)
+        and _close(x.baseline_loss, y.baseline_loss) and _close(x.baseline_grad_norm, y.baseline_grad_norm)
+        for x, y in zip(a, b))
+
+
+def _close_states(a: dict, b: dict) -> bool:
+    """State dicts with equal counters and baselines equal up to rounding."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] if k == "rule" or type(a[k]) is int else _close(a[k], b[k]) for k in a)
 
 
 def test_state_dict_resume_gives_identical_decisions():
@@ -233,8 +265,11 @@ def test_state_dict_resume_gives_identical_decisions():
         assert resumed.last_step == cut - 1
         after = [s for s in (resumed.update(int(a), float(b), float(c))
                              for a, b, c in zip(t[cut:], loss[cut:], gn[cut:])) if s]
-        assert _nan_equal(before + after, reference), cut
-        assert resumed.state_dict() == full.state_dict()
+        assert _same_spikes(before + after, reference), cut
+        assert _close_states(resumed.state_dict(), full.state_dict())
+        for a, b, c in zip(t[cut:], loss[cut:], gn[cut:]):  # the JSON round trip itself is exact
+            det.update(int(a), float(b), float(c))
+        assert resumed.state_dict() == det.state_dict()
 
 
 def test_state_dict_of_fresh_detector_roundtrips():
@@ -307,3 +342,103 @@ def test_one_million_points_fast():
           f"{dt_loss_only:.3f} s loss only ({len(spikes)} spikes, recall {recall:.3f}, precision {precision:.3f})")
     assert dt < 5.0
     assert recall >= 0.95 and precision >= 0.95
+
+
+# 7. update_many on long sequences (numpy, spikes._scan_long) == the per-step loop (spikes._scan)
+def _long_series(kind: str, seed: int, n: int = 12_000):
+    """(steps, loss, grad_norm) with grad_norm an array, None (loss only) or a list with None holes."""
+    t, loss, gn, rng = clean_series(n, seed, 0.03)
+    loss, gn, _ = inject(loss, gn, rng, n_events=20)
+    if kind == "level-shifts":  # runs longer than max_consecutive, up and up again, then back down
+        loss[3000:] *= 1.3
+        loss[6000:] *= 1.4
+        loss[9000:] /= 1.8
+    elif kind == "non-finite":
+        loss[rng.choice(n, 40, replace=False)] = np.inf
+        gn[rng.choice(n, 40, replace=False)] = np.nan
+        loss[5000:5300] = np.nan  # a long NaN run
+    elif kind == "dense":  # a spike every ~10 steps: mostly decided by _scan
+        idx = rng.choice(n, n // 10, replace=False)
+        loss[idx] *= 1.5
+        gn[rng.choice(n, n // 20, replace=False)] *= 40.0
+    elif kind == "loss-only":
+        return t, loss, None
+    elif kind == "grad-holes":  # grad norm logged every 3rd step, some NaN, none for the first 4000
+        holes = [None if i % 3 or i < 4000 else float(g) for i, g in enumerate(gn)]
+        for i in rng.choice(np.arange(4002, n, 3), 10, replace=False):
+            holes[i] = float("nan")
+        return t, loss, holes
+    return t, loss, gn
+
+
+LONG_KINDS = ("injected", "level-shifts", "non-finite", "dense", "loss-only", "grad-holes")
+LONG_RULES = (SpikeRule(), SpikeRule(alpha=0.05, warmup_steps=5, max_consecutive=10),
+              SpikeRule(max_consecutive=0), SpikeRule(alpha=0.01, warmup_steps=200, loss_sigmas=3.0),
+              SpikeRule(alpha=0.3, grad_norm_ratio=3.0), SpikeRule(alpha=0.6))
+
+
+def _reference_and_long(rule, state, t, loss, gn):
+    """(spikes, state) of the per-step loop and of the long-sequence path, from the same state."""
+    arrays = spikes_mod._as_arrays(t, loss, gn)
+    ref = spikes_mod._scan(rule, state, *spikes_mod._lists(*arrays, 0, len(t)))
+    det = SpikeDetector(rule)
+    det._state = state
+    long = det.update_many(t, loss, gn)
+    return ref, (long, det._state)
+
+
+def _state_dict(state):
+    return dict(zip(spikes_mod._STATE_KEYS, state))
+
+
+@pytest.mark.parametrize("kind", LONG_KINDS)
+@pytest.mark.parametrize("rule", LONG_RULES, ids=lambda r: f"a{r.alpha}-w{r.warmup_steps}-c{r.max_consecutive}")
+def test_long_path_matches_scan(kind, rule):
+    assert spikes_mod._LONG <= 12_000
+    for seed in (0, 1):
+        t, loss, gn = _long_series(kind, seed)
+        (ref, ref_state), (got, got_state) = _reference_and_long(rule, spikes_mod._INITIAL_STATE, t, loss, gn)
+        assert _same_spikes(got, ref), (kind, seed, [(s.step, s.reason) for s in got][:20],
+                                        [(s.step, s.reason) for s in ref][:20])
+        assert _close_states(_state_dict(got_state), _state_dict(ref_state))
+        assert all(type(v) in (int, float) for v in got_state)  # JSON-able, like _scan's
+
+
+@pytest.mark.parametrize("kind", LONG_KINDS)
+def test_long_path_resumes_from_any_state(kind):
+    """From states the per-step loop reached (in warm-up, mid spike run, mid NaN run, after a
+    re-anchor, ...), both continue with the same decisions; and the dashboard's long load can be
+    continued online step by step."""
+    rule = SpikeRule()
+    t, loss, gn = _long_series(kind, 5, n=16_000)
+    g_list = [None] * len(t) if gn is None else list(gn)
+    for cut in (3, 30, 3005, 3030, 5100, 6040, 9001):
+        _, state = spikes_mod._scan(rule, spikes_mod._INITIAL_STATE, t[:cut].tolist(), loss[:cut].tolist(),
+                                    [None if g is None else float(g) for g in g_list[:cut]])
+        rest = slice(cut, len(t))
+        (ref, ref_state), (got, got_state) = _reference_and_long(
+            rule, state, t[rest], loss[rest], None if gn is None else g_list[rest])
+        assert _same_spikes(got, ref), (kind, cut)
+        assert _close_states(_state_dict(got_state), _state_dict(ref_state)), (kind, cut)
+    online = SpikeDetector(rule)
+    online.update_many(t[:-500], loss[:-500], None if gn is None else g_list[:-500])
+    tail = [online.update(int(a), float(b), g) for a, b, g in zip(t[-500:], loss[-500:], g_list[-500:])]
+    reference = detect_spikes(t, loss, None if gn is None else g_list, rule)
+    assert [(s.step, s.reason) for s in tail if s] == [(s.step, s.reason) for s in reference if s.step >= t[-500]]
+
+
+def test_long_path_clears_most_steps_with_numpy(monkeypatch):
+    """The speed-up is real: on a run with a spike every ~1000 steps, _scan sees < 10% of the steps."""
+    seen = []
+    scan = spikes_mod._scan
+
+    def counting_scan(rule, state, steps, losses, grad_norms):
+        seen.append(len(steps))
+        return scan(rule, state, steps, losses, grad_norms)
+
+    monkeypatch.setattr(spikes_mod, "_scan", counting_scan)
+    t, loss, gn, rng = clean_series(200_000, 8, 0.03)
+    loss, gn, events = inject(loss, gn, rng, n_events=200)
+    spikes = detect_spikes(t, loss, gn)
+    assert score(spikes, events)[0] >= 0.95
+    assert sum(seen) < 0.1 * len(t), sum(seen)
