@@ -85,6 +85,6 @@ def test_train_rejects_an_unwritable_run_dir_and_bad_batches_before_starting(tmp
     assert result.returncode == 2
     assert "train.global_batch_size=7 must be a multiple of train.micro_batch_size 1 x data-parallel size 2" \
         in result.stderr
-    assert "rampup start=2" not in result.stderr  # 2 divides; the increment 3 does not
+    assert "rampup_batch_size start" not in result.stderr  # start 2 divides; the increment 3 does not
     assert "train.rampup_batch_size increment=3 must be a multiple" in result.stderr
     assert not (tmp_path / "run").exists()

@@ -73,7 +73,7 @@ def _my_share(first_sample: int, batch_size: int) -> tuple:
 class SyntheticBatches:
     """Synthetic GLM sequences (no corpus needed); the same data on every layout."""
 
-    source_names = ("synthetic",)
+    source_names = ()  # synthetic samples carry no data source: no loss/<source> keys
 
     def __init__(self, run: RunConfig, global_batch: int, micro_batch: int, seq_length: int):
         self.run, self.global_batch, self.micro_batch, self.seq_length = run, global_batch, micro_batch, seq_length

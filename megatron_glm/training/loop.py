@@ -44,8 +44,7 @@ from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
 from megatron_glm.training.checkpointing import (latest_checkpoint, load_checkpoint, resolve_checkpoint,
                                                  save_checkpoint, start_checkpoint_writer_helpers)
 from megatron_glm.training.schedules import BatchRampup, BatchSizeSchedule, LRScheduleConfig, build_lr_scheduler
-from megatron_glm.training.step import (build_optimizer, evaluate, global_mean_loss, per_source_losses, run_schedule,
-                                        wrap_for_training)
+from megatron_glm.training.step import batch_losses, build_optimizer, evaluate, run_schedule, wrap_for_training
 from megatron_glm.training.tensorboard import TensorBoardScalars
 
 log = logging.getLogger("glm-train")
@@ -138,6 +137,10 @@ class Trainer:
                   if self.train.rampup_batch_size else None)
         self.batch_sizes = BatchSizeSchedule(self.train.global_batch_size, self.train.micro_batch_size, self.dp, rampup)
         planned_samples = self.batch_sizes.samples_before_step(self.train.steps)
+        # [first, end) samples of the batches the test-only fault injector hits (None: it never does)
+        fault = self.train.fault_injection
+        self.fault_samples = None if fault.step < 0 or fault.kind == "stall_during_save" else (
+            self.batch_sizes.samples_before_step(fault.step), self.batch_sizes.samples_before_step(fault.step + fault.count))
         self.skip_ranges = [list(r) for r in self.train.skip_sample_ranges] + [
             [self.batch_sizes.samples_before_step(first - 1), self.batch_sizes.samples_before_step(last) - 1]
             for first, last in self.train.skip_step_ranges]
@@ -246,16 +249,13 @@ class Trainer:
         self.optimizer.zero_grad()
         batches = self.data.batches_at(self.state.consumed_samples, batch_size)
         losses = run_schedule(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length, False)
-        return global_mean_loss(losses), per_source_losses(losses, self.data.source_names)
+        return batch_losses(losses, self.data.source_names)
 
     def _inject(self, loss: float) -> float:
         """Test-only fault, tied to the data position like a real bad batch: after a rollback
         that skips the batch, it does not fire again."""
         fault = self.train.fault_injection
-        if fault.step < 0 or fault.kind == "stall_during_save":
-            return loss
-        first = self.batch_sizes.samples_before_step(fault.step)
-        if not first <= self.state.consumed_samples < self.batch_sizes.samples_before_step(fault.step + fault.count):
+        if self.fault_samples is None or not self.fault_samples[0] <= self.state.consumed_samples < self.fault_samples[1]:
             return loss
         if fault.kind == "nan":
             for chunk in self.model:

@@ -165,33 +165,31 @@ class StepResult:
 
 def global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
     """Average the last stage's micro-batch losses, over DP, and share the value with every rank."""
-    value = torch.zeros(1, dtype=torch.float64)
+    return batch_losses(losses, ())[0]
+
+
+def batch_losses(losses: List[Dict[str, torch.Tensor]], source_names: Sequence[str]) -> tuple:
+    """Collective: (mean loss of the global batch, {"loss/<name>": mean per-sequence loss of that
+    source} for the sources present in it), the same on every rank. One vector carries both, so
+    the per-source numbers cost no extra collective in the training step."""
+    n = len(source_names)
+    # [mean of this rank's micro-batch losses, per source: sum of sequence losses, sequences]
+    values = torch.zeros(1 + 2 * n, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage() and losses:
-        value[0] = torch.stack([entry["loss"].double() for entry in losses]).mean()
-    if torch.cuda.is_available():
-        value = value.cuda()
-    torch.distributed.all_reduce(value, group=parallel_state.get_pipeline_model_parallel_group())
-    torch.distributed.all_reduce(value, group=parallel_state.get_data_parallel_group())
-    return float(value.item()) / parallel_state.get_data_parallel_world_size()
-
-
-def per_source_losses(losses: List[Dict[str, torch.Tensor]], names: Sequence[str]) -> Dict[str, float]:
-    """Collective: mean per-sequence loss of each data source over the global batch, as
-    {"loss/<name>": value} for the sources present in it (the same dict on every rank)."""
-    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # [source] -> (sum of losses, sequences)
-    if parallel_state.is_pipeline_last_stage():
+        values[0] = torch.stack([entry["loss"].double() for entry in losses]).mean()
         for entry in losses:
-            if "source_ids" not in entry:
-                continue
-            ids = entry["source_ids"].long().cpu()
-            sums[:, 0].index_add_(0, ids, entry["sequence_losses"].double().cpu())
-            sums[:, 1].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+            if n and "source_ids" in entry:
+                ids = entry["source_ids"].long().cpu()
+                values[1:1 + n].index_add_(0, ids, entry["sequence_losses"].double().cpu())
+                values[1 + n:].index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
     if torch.cuda.is_available():
-        sums = sums.cuda()
-    torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
-    torch.distributed.all_reduce(sums, group=parallel_state.get_data_parallel_group())
-    sums = sums.cpu()
-    return {f"loss/{name}": float(sums[i, 0] / sums[i, 1]) for i, name in enumerate(names) if sums[i, 1] > 0}
+        values = values.cuda()
+    torch.distributed.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
+    torch.distributed.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    values = values.cpu()
+    sums, counts = values[1:1 + n], values[1 + n:]
+    per_source = {f"loss/{name}": float(sums[i] / counts[i]) for i, name in enumerate(source_names) if counts[i] > 0}
+    return float(values[0]) / parallel_state.get_data_parallel_world_size(), per_source
 
 
 def run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, forward_only):
