@@ -5,10 +5,12 @@
                      [--quantize int8|int4] [--model-only] [--max-shard-size 5GB] [--force]
     glm-ckpt forward CKPT --inputs IN.pt --out OUT.pt
     glm-ckpt compare A B --inputs IN.pt [--max-abs-diff X]
+    glm-ckpt verify PATH            (exit 0: intact, 1: a file differs from its manifest)
 
 Formats are detected from the directory. What a format does not record (SAT: the head count) is
 given with --num-attention-heads / --layernorm-epsilon / --rotary-base, or --model PRESET.
-Errors name the file and key and exit 1; nothing is left behind in DST.
+Exit codes: 0 ok; 2 bad input (errors name the file and key; nothing is left behind in DST);
+1 a check that failed (compare above --max-abs-diff, verify found damage).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import traceback
 from typing import List, Optional
 
 from checkpoints.errors import CheckpointError
+from megatron_glm.config.loader import ConfigError
 
 
 def _size(text: str) -> int:
@@ -73,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--inputs", required=True)
     sub.add_argument("--max-abs-diff", type=float, help="exit 1 if the difference is larger")
     model_options(sub)
+
+    sub = commands.add_parser("verify", help="check checkpoints against their manifests (sizes, CRC-32)")
+    sub.add_argument("path", help="a checkpoint directory, a checkpoints/ root, or a run directory")
     return parser
 
 
@@ -99,6 +105,16 @@ def _run(args) -> int:
     from checkpoints import forward, inspect_ckpt
     from checkpoints.formats.base import WriteOptions
 
+    if args.command == "verify":
+        from checkpoints.verify import NotACheckpoint, verify
+
+        try:
+            lines, intact = verify(args.path)
+        except NotACheckpoint as error:
+            print(f"glm-ckpt: error: {error}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
+        return 0 if intact else 1
     if args.command == "inspect":
         reader = conversion.open_checkpoint(args.checkpoint, _read_options(args))
         summary = inspect_ckpt.describe(reader)
@@ -132,11 +148,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except CheckpointError as error:
+    except (CheckpointError, ConfigError) as error:
         if args.verbose:
             traceback.print_exc()
-        print(f"glm-ckpt: error: {error}", file=sys.stderr)
-        return 1
+        message = f"invalid --model:\n{error}" if isinstance(error, ConfigError) else str(error)
+        print(f"glm-ckpt: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@
         --dry-run prints the script and writes nothing.
 
     glm-launch status RUN_DIR [--json]
-        job state, last step and its time, last checkpoint, restarts so far.
+        job state, last step and its time, last checkpoint, restarts so far, and the nodes the job
+        hooks excluded after a hang, a failed pre-flight check or a crash (with why).
 
     glm-launch prep --cluster NAME --input FILES... --output-prefix P --tokenizer-model M
                     [--shards N] [--dry-run] [-- glm-prep tokenize arguments]
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     prep.set_defaults(handler=_prep)
 
-    status = commands.add_parser("status", help="job state, last step, last checkpoint, restarts")
+    status = commands.add_parser("status", help="job state, last step, last checkpoint, restarts, excluded nodes")
     status.add_argument("run_dir")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)

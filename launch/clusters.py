@@ -8,12 +8,11 @@ planner assumes about achievable efficiency lives in launch/performance.py, not 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from megatron_glm.config.loader import ConfigError, _apply_override, _build, _Source, _unknown_name_message
+from megatron_glm.config.loader import ConfigError, _unknown_name_message, load_dataclass_file
 
 CLUSTER_DIR = Path(__file__).parent / "clusters"
 
@@ -69,7 +68,12 @@ class SlurmSpec:
     """After the first task of the step ends, how long the others may take (srun --wait) before
     they are killed: long enough for every rank to finish writing a checkpoint."""
     max_failures: int = 3
-    """Consecutive allocations that crash without a new checkpoint before the job gives up."""
+    """Consecutive allocations that fail (crash, hang, pre-flight check) without a new checkpoint
+    before the job gives up."""
+    max_excluded_nodes: int = 4
+    """Nodes the job hooks may keep out of later allocations after blaming them for a hang, a
+    failed pre-flight check or a crash (RUN_DIR/slurm/excluded_nodes.json). The partition needs
+    that many nodes beyond `nodes`, else the job pends for ever once they are excluded."""
     extra_sbatch: List[str] = field(default_factory=list)
     """Further #SBATCH lines, verbatim (e.g. "--gres=gpu:8")."""
 
@@ -108,16 +112,8 @@ def load_cluster(spec: str, overrides: Sequence[str] = ()) -> ClusterProfile:
             raise ConfigError([_unknown_name_message("cluster profile", spec, cluster_names())])
     elif not path.is_file():
         raise ConfigError([f"{spec}: no such cluster profile file"])
-    source = _Source.from_file(path)
-    if not isinstance(source.data, dict):
-        raise ConfigError([f"{source.name}: expected a mapping at the top level"])
-    problems: List[str] = []
-    data = copy.deepcopy(source.data)
-    for override in overrides:
-        _apply_override(data, override, problems)
-    profile = _build(ClusterProfile, data, "", source, problems)
-    if not problems:
-        problems.extend(_profile_problems(profile, source.name))
+    profile = load_dataclass_file(ClusterProfile, path, overrides)
+    problems = _profile_problems(profile, str(path))
     if problems:
         raise ConfigError(problems)
     return profile
@@ -137,4 +133,6 @@ def _profile_problems(profile: ClusterProfile, name: str) -> List[str]:
             problems.append(f"{name}: device.{key} must be > 0")
     if profile.slurm.signal_seconds < 0:
         problems.append(f"{name}: slurm.signal_seconds must be >= 0")
+    if profile.slurm.max_excluded_nodes < 0:
+        problems.append(f"{name}: slurm.max_excluded_nodes must be >= 0 (0: never exclude a node)")
     return problems

@@ -31,13 +31,9 @@ from typing import Dict, List, Optional, Sequence
 
 from megatron_glm.config.loader import ConfigError, load_run_config
 from megatron_glm.config.validate import config_problems
+from megatron_glm.rundir import ORDERLY_EXITS, ExitCode
 
 log = logging.getLogger("glm-launch")
-
-EXIT_DONE = 0
-EXIT_BAD_CONFIG = 2
-EXIT_REQUEUE = 75
-ORDERLY_EXITS = (EXIT_DONE, EXIT_BAD_CONFIG, EXIT_REQUEUE)
 
 
 @dataclass
@@ -103,7 +99,7 @@ def check_config(cfg: LocalRunConfig) -> List[str]:
         run = load_run_config(cfg.config, cfg.overrides)
     except ConfigError as error:
         return error.problems
-    return config_problems(run, world_size=cfg.nproc)
+    return config_problems(run, world_size=cfg.nproc, training=True)
 
 
 def exit_code_of(returncode: int) -> int:
@@ -112,16 +108,20 @@ def exit_code_of(returncode: int) -> int:
 
 
 def job_exit_code(first_failure: Optional[int], codes: Sequence[Optional[int]]) -> int:
-    """One code for the job. A crash (the first non-orderly exit) wins; then 2, then 75; 0 only if
-    every rank finished with 0."""
+    """One code for the job. A crash (the first non-orderly exit seen, else any rank's) wins; then
+    2, then 75; 0 only if every rank finished with 0. (Ranks may all end between two polls, so
+    first_failure can be None while a rank failed.)"""
     if first_failure is not None and first_failure not in ORDERLY_EXITS:
         return exit_code_of(first_failure)
     finished = [c for c in codes if c is not None]
-    for code in (EXIT_BAD_CONFIG, EXIT_REQUEUE):
+    crashes = [c for c in finished if c not in ORDERLY_EXITS]
+    if first_failure is None and crashes:  # (a straggler killed after an orderly stop is no crash)
+        return exit_code_of(crashes[0])
+    for code in (ExitCode.BAD_INPUT, ExitCode.REQUEUE):
         if code in finished:
             return code
     if len(finished) == len(codes) and all(c == 0 for c in finished):
-        return EXIT_DONE
+        return ExitCode.DONE
     return exit_code_of(first_failure) if first_failure is not None else 1
 
 
@@ -179,7 +179,7 @@ def run_local(cfg: LocalRunConfig) -> int:
     problems = check_config(cfg)
     if problems:
         print("glm-launch run: invalid configuration:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return ExitCode.BAD_INPUT
     port = cfg.master_port or free_port(cfg.master_addr)
     log.info("%d rank(s) on %s:%d, OMP_NUM_THREADS=%s, run dir %s", cfg.nproc, cfg.master_addr, port,
              omp_threads(cfg.nproc), cfg.run_dir)

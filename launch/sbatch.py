@@ -1,5 +1,6 @@
 """Render the sbatch script of a run: one task per GPU, stop signals forwarded to the ranks, and
-after `srun` the decision to finish, requeue or stop (launch/job_hooks.py).
+after `srun` the decision to finish, requeue or stop (launch/job_hooks.py), a requeue keeping the
+nodes the hooks blamed out of the next allocation.
 
 Why the batch shell forwards the time-limit signal (`--signal=B:USR1@N`) instead of letting Slurm
 signal the tasks: the shell waits until the trainer is up (it has written its start/restart event
@@ -81,8 +82,21 @@ def render(cluster: ClusterProfile, job: JobSpec) -> str:
         container = f" --container-image={_q(s.container_image)}"
         if s.container_mounts:
             container += f" --container-mounts={_q(s.container_mounts)}"
-    requeue = ('scontrol requeue "$SLURM_JOB_ID"' if s.requeue else
-               f'sbatch --parsable --dependency=afterany:"$SLURM_JOB_ID" {_q(job.script)} >> "$RUN_DIR/slurm/job_ids"')
+    static_exclude = f" --exclude {_q(','.join(s.exclude))}" if s.exclude else ""
+    if s.requeue:
+        # Slurm refuses ExcNodeList for a running job but takes it once `scontrol requeue` has
+        # made the job pending again (it stays COMPLETING until this script ends, so it cannot
+        # start before the update). The requeue sends this script SIGTERM: ignore it from here.
+        requeue = """requeue() {
+    trap '' TERM
+    scontrol requeue "$SLURM_JOB_ID" || return 1
+    if [ -n "$EXCLUDE" ] && ! scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$EXCLUDE"; then
+        log "could not exclude $EXCLUDE from the requeued job"; return 1
+    fi
+}"""
+    else:
+        requeue = (f'requeue() {{ sbatch --parsable --dependency=afterany:"$SLURM_JOB_ID" ${{EXCLUDE:+--exclude="$EXCLUDE"}} '
+                   f'{_q(job.script)} >> "$RUN_DIR/slurm/job_ids"; }}')
     header = "\n".join(sbatch_header(cluster, job))
     return f"""#!/bin/bash
 # {job.name}: GLM training on {cluster.name} ({cluster.description}).
@@ -105,11 +119,25 @@ log() {{ echo "[glm-launch $(date -u +%Y-%m-%dT%H:%M:%SZ) job $SLURM_JOB_ID] $*"
 # Same port on every task of this allocation, a different one after a requeue.
 export MASTER_PORT=$(( 20000 + (SLURM_JOB_ID * 7 + ${{SLURM_RESTART_COUNT:-0}} * 131) % 20000 ))
 
-if [ "$($PYTHON -m launch.job_hooks before --run-dir "$RUN_DIR")" != run ]; then
-    log "kill switch $RUN_DIR/STOP present: not starting"; exit 0
-fi
+# Start again ({'requeue this job' if s.requeue else 'this site has no requeue: a new job that waits for this one'}),
+# keeping the nodes in $EXCLUDE (comma-separated, from the job hooks) out of the next allocation.
+{requeue}
+
+# "run"; "stop" (kill switch); "avoid" plus the nodes to exclude when this allocation has nodes
+# the run excluded (e.g. a job resubmitted by hand: the exclusions live in the run directory).
+NODES=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -)
+read -r ACTION EXCLUDE <<< "$($PYTHON -m launch.job_hooks before --run-dir "$RUN_DIR" --nodes "$NODES"{static_exclude})"
+case "$ACTION" in
+    run) ;;
+    stop) log "kill switch $RUN_DIR/STOP present: not starting"; exit 0 ;;
+    avoid) log "excluded node(s) in this allocation ($NODES): starting again without $EXCLUDE"
+           requeue || {{ log "cancelling the job rather than landing on $EXCLUDE again"; scancel "$SLURM_JOB_ID"; }}
+           exit 0 ;;
+    *) log "the job hook failed: not starting"; exit 1 ;;
+esac
+
 # The trainer is up once it has written a start/restart event in this allocation.
-starts() {{ local n; n=$(grep -cE '"kind": ?"(start|restart)"' "$RUN_DIR/events.jsonl" 2>/dev/null); echo "${{n:-0}}"; }}
+starts() {{ "$PYTHON" -m megatron_glm.rundir started-count "$RUN_DIR"; }}
 STARTS_BEFORE=$(starts)
 trainer_up() {{ [ "$(starts)" -gt "$STARTS_BEFORE" ]; }}
 
@@ -140,11 +168,15 @@ while true; do
 done
 log "srun exited with $RC"
 
-ACTION=$($PYTHON -m launch.job_hooks after --run-dir "$RUN_DIR" --exit-code "$RC" --max-failures "$MAX_FAILURES")
-log "action: $ACTION"
+# One line: the action, and for a requeue the nodes the next allocation must avoid (nodes blamed
+# for a hang, a failed pre-flight check or a crash, RUN_DIR/slurm/excluded_nodes.json).
+DECISION=$($PYTHON -m launch.job_hooks after --run-dir "$RUN_DIR" --exit-code "$RC" --max-failures "$MAX_FAILURES" \\
+    --max-excluded {s.max_excluded_nodes}{static_exclude})
+read -r ACTION EXCLUDE <<< "$DECISION"
+log "action: ${{ACTION:-none (the job hook failed)}}${{EXCLUDE:+, excluding $EXCLUDE}}"
 case "$ACTION" in
     done) exit 0 ;;
-    requeue) {requeue}; exit 0 ;;
+    requeue) requeue; exit 0 ;;
     *) exit 1 ;;
 esac
 """

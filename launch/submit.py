@@ -63,7 +63,7 @@ def _writable_dir_problem(path: Path, what: str) -> Optional[str]:
 
 
 def problems_before_submit(run: RunConfig, cluster: ClusterProfile, run_dir: Path) -> List[str]:
-    problems = list(config_problems(run, world_size=cluster.world_size))
+    problems = list(config_problems(run, world_size=cluster.world_size, training=True))
     data = run.data
     for name, path in [("data.tokenizer_model", data.tokenizer_model)] + [
             (f"data.sources[{i}].prefix", s.prefix + ext) for i, s in enumerate(data.sources) for ext in (".bin", ".idx")] + (

@@ -111,3 +111,40 @@ def test_missing_data_is_reported_before_anything_starts(tmp_path, monkeypatch):
     assert "data.tokenizer_model=runs/demo/data/tokenizer.model: no such file" in problems
     assert "data.sources[0].prefix=runs/demo/data/pile: missing runs/demo/data/pile.bin" in problems
     assert "glm-prep tokenize" in problems
+
+
+def test_override_errors_name_the_override_not_the_preset_file():
+    with pytest.raises(ConfigError) as error:
+        load_run_config("glm-tiny", ["model.hidden_size=abc"])
+    assert str(error.value) == "- override 'model.hidden_size=abc': 'model.hidden_size' must be an integer, got 'abc'"
+    with pytest.raises(ConfigError, match=r"override 'train=3': 'train' must be a mapping"):
+        load_run_config("glm-tiny", ["train=3"])
+
+
+def test_exponents_without_a_dot_are_numbers():
+    """YAML 1.1 reads 1e-3 as a string; a float field takes it as the number everybody means."""
+    run = load_run_config("glm-tiny", ["train.peak_lr=1e-3", "train.min_lr=5E-5"])
+    assert (run.train.peak_lr, run.train.min_lr) == (1e-3, 5e-5)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_run_config("glm-tiny", ["train.steps=1e3"])
+
+
+def test_init_from_must_be_a_dist_checkpoint_before_anything_starts(tmp_path):
+    run = load_run_config("glm-tiny", ["data.synthetic=true", f"train.init_from={tmp_path / 'export'}"])
+    assert "no such directory" in "\n".join(config_problems(run, training=True))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"")
+    problems = "\n".join(config_problems(run, training=True))
+    assert "a safetensors export" in problems and f"glm-ckpt convert {tmp_path / 'export'} DIR --to dist" in problems
+    sat = tmp_path / "sat"
+    (sat / "12").mkdir(parents=True)
+    (sat / "latest").write_text("12\n")
+    run = load_run_config("glm-tiny", ["data.synthetic=true", f"train.init_from={sat}"])
+    assert "a SAT (GLM-130B release) checkpoint" in "\n".join(config_problems(run, training=True))
+    dist = tmp_path / "dist" / "iter_0000012"
+    dist.mkdir(parents=True)
+    (dist / ".metadata").write_bytes(b"")
+    (dist / "metadata.json").write_text("{}")
+    (tmp_path / "dist" / "latest").write_text("iter_0000012\n")
+    run = load_run_config("glm-tiny", ["data.synthetic=true", f"train.init_from={tmp_path / 'dist'}"])
+    assert config_problems(run, training=True) == []

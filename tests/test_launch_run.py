@@ -14,7 +14,7 @@ from launch.local import LocalRunConfig, RankGroup, job_exit_code, omp_threads, 
 from megatron_glm.monitor.schema import read_events, read_metrics
 
 BIN = Path(sys.executable).parent
-TINY = ["model.seq_length=32", "train.global_batch_size=4", "train.eval_interval=0", "train.decay_samples=4000"]
+TINY = ["data.synthetic=true", "model.seq_length=32", "train.global_batch_size=4", "train.eval_interval=0", "train.decay_samples=4000"]
 
 
 def _launch(run_dir, nproc, *overrides, env=None):
@@ -130,3 +130,5 @@ def test_job_exit_code():
     assert job_exit_code(2, [2, 2]) == 2
     assert job_exit_code(-9, [-9, -9]) == 137  # the first failure wins, as a shell reports it
     assert job_exit_code(1, [1, 75]) == 1
+    assert job_exit_code(None, [74]) == 74  # the only rank ended before the launcher polled
+    assert job_exit_code(None, [-9, 0]) == 137

@@ -112,3 +112,12 @@ def test_package_imports_without_cuda_te_or_apex():
     )
     # No CUDA, no TE, no apex here -- and importing the package installed nothing.
     assert out.split() == ["False", "True", "True", "False"]
+
+
+def test_collective_timeout_comes_from_the_cluster_environment():
+    from megatron_glm.runtime.distributed import collective_timeout_s
+
+    assert collective_timeout_s({}) == 600.0
+    assert collective_timeout_s({"GLM_COLLECTIVE_TIMEOUT_S": "1800"}) == 1800.0
+    with pytest.raises(ValueError, match="GLM_COLLECTIVE_TIMEOUT_S='soon' is not a number"):
+        collective_timeout_s({"GLM_COLLECTIVE_TIMEOUT_S": "soon"})

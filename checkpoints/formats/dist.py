@@ -36,8 +36,9 @@ from checkpoints.mappings import ParamSpec, spec_of
 from checkpoints.memory import empty
 from checkpoints.shapes import GLMShape
 from checkpoints.torchzip import load_tensor_blob, save_tensor
+from megatron_glm.rundir import MANIFEST, read_latest, write_latest
+from megatron_glm.training.manifest import ManifestError, has_manifest, read_manifest, verify_files
 
-LATEST = "latest"
 METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
                  "common_backend_version": 1}
 _EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
@@ -49,12 +50,25 @@ def checkpoint_dir(path: Path) -> Optional[Path]:
     path = Path(path)
     if (path / ".metadata").is_file() and (path / "metadata.json").is_file():
         return path
-    pointer = path / LATEST
-    if pointer.is_file():
-        target = path / pointer.read_text().strip()
-        if (target / ".metadata").is_file():
-            return target
+    name, problem = read_latest(path)
+    if name is not None and problem is None and (path / name / ".metadata").is_file():
+        return path / name
     return None
+
+
+def _check_manifest(directory: Path) -> None:
+    """A checkpoint the trainer wrote lists its files in manifest.json: a missing or truncated
+    file is reported here, before anything is read (`glm-ckpt verify` also checks the CRCs)."""
+    if not has_manifest(directory):
+        return
+    try:
+        record = read_manifest(directory)
+    except ManifestError as error:
+        raise CheckpointError(error.problem, directory / MANIFEST) from None
+    problems = verify_files(directory, record, record["files"], checksums=False)
+    if problems:
+        raise CheckpointError(problems[0].problem, directory / (problems[0].file or ""),
+                              hint="the checkpoint is incomplete or damaged; `glm-ckpt verify` lists every problem")
 
 
 def _stacked(key: str) -> Tuple[str, Optional[int]]:
@@ -71,6 +85,7 @@ class DistReader(Reader):
         self.dir = checkpoint_dir(path)
         if self.dir is None:
             raise CheckpointError("not a dist checkpoint (no .metadata)", path)
+        _check_manifest(self.dir)
         try:
             self.metadata: Metadata = FileSystemReader(str(self.dir)).read_metadata()
         except Exception as error:
@@ -225,7 +240,7 @@ class DistWriter(Writer):
         self.step = step if step is not None else 0
         self.dir = root / f"iter_{self.step:07d}"
         self.dir.mkdir(parents=True)
-        (root / LATEST).write_text(self.dir.name)
+        write_latest(root, self.dir.name)
         self.tp, self.pp = options.tp, options.pp
         self.layers_per_stage = glm.num_layers // self.pp
         self.carried = carried_common

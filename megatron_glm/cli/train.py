@@ -3,7 +3,8 @@
     glm-train --config RUN.yaml --run-dir DIR [dotted.key=value ...]        (under torchrun / srun)
         train: metrics.jsonl, events.jsonl, checkpoints/ in DIR; resumes from DIR's latest
         checkpoint; exit 0 when done (DONE written), 75 after a stop signal (checkpoint saved:
-        please requeue), 2 for a bad configuration.
+        please requeue), 2 for a bad configuration, 77 when the pre-flight check (first thing
+        after joining the job) finds a broken node (megatron_glm.runtime.preflight).
 
     glm-train describe PRESET_OR_YAML [dotted.key=value ...]
         one JSON object: shapes and the exact parameter count of the model megatron-core builds.
@@ -32,14 +33,14 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distributed(args: argparse.Namespace, body):
+def _distributed(args: argparse.Namespace, body, training: bool = False):
     """Load and validate the config (before any process group exists), join the job, run body."""
     from megatron_glm.config.validate import validate
     from megatron_glm.runtime.distributed import destroy_distributed, discover_world, initialize_distributed
 
     run = load_run_config(args.config, args.overrides)
     world = discover_world()
-    validate(run, world_size=world.world_size)
+    validate(run, world_size=world.world_size, training=training)
     initialize_distributed(run, world)
     try:
         return body(run, world)
@@ -63,12 +64,26 @@ def _smoke(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from megatron_glm.config.loader import ConfigError
     from megatron_glm.config.validate import run_dir_problems
-    from megatron_glm.training.loop import run_training
+    from megatron_glm.training.loop import finished_step, run_training
 
     problems = run_dir_problems(args.run_dir)
     if problems:
         raise ConfigError(problems)
-    return _distributed(args, lambda run, world: run_training(run, args.run_dir))
+
+    def body(run, world):
+        from megatron_glm.rundir import ExitCode
+        from megatron_glm.runtime.preflight import PreflightFailed, preflight
+
+        if finished_step(run, args.run_dir) is not None:  # nothing to do, nothing to touch
+            return 0
+        try:  # before the model is built: a broken node fails in seconds, named
+            preflight(args.run_dir)
+        except PreflightFailed as failure:
+            print(f"glm-train: {failure}", file=sys.stderr)
+            return int(ExitCode.PREFLIGHT)
+        return run_training(run, args.run_dir)
+
+    return _distributed(args, body, training=True)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -112,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = (build_parser() if subcommand else build_train_parser()).parse_args(argv)
     configure_logging("glm-train", verbose=args.verbose)
     try:
-        return args.handler(args)
+        return int(args.handler(args))
     except ConfigError as error:
         print(f"glm-train: invalid configuration:\n{error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -48,8 +49,13 @@ class _Source:
         self.data = data
         self.lines = lines
         self.name = name
+        self.overrides: Dict[str, str] = {}
+        """dotted key -> the command-line override that set it (errors blame the override)."""
 
     def where(self, dotted: str) -> str:
+        for key in _self_and_parents(dotted):
+            if key in self.overrides:
+                return f"override '{self.overrides[key]}'"
         line = self.lines.get(dotted)
         return f"{self.name}:{line}" if line else self.name
 
@@ -73,6 +79,12 @@ class _Source:
         lines: Dict[str, int] = {}
         _collect_lines(node, "", lines)
         return cls(data if data is not None else {}, lines, name)
+
+
+def _self_and_parents(dotted: str) -> List[str]:
+    """"a.b.c" -> ["a.b.c", "a.b", "a"]: an override of a section covers its fields."""
+    parts = dotted.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 def _collect_lines(node: Any, prefix: str, lines: Dict[str, int]) -> None:
@@ -135,7 +147,8 @@ def _expand_model_preset(source: _Source, problems: List[str]) -> None:
     source.data["model"] = merged
 
 
-def _apply_override(data: Dict[str, Any], override: str, problems: List[str]) -> None:
+def _apply_override(source: _Source, override: str, problems: List[str]) -> None:
+    data = source.data
     if "=" not in override:
         problems.append(f"override '{override}': expected dotted.key=value, e.g. parallel.tensor=2")
         return
@@ -145,6 +158,7 @@ def _apply_override(data: Dict[str, Any], override: str, problems: List[str]) ->
     except yaml.YAMLError:
         value = raw_value
     keys = dotted.strip().split(".")
+    source.overrides[".".join(keys)] = override
     node = data
     for key in keys[:-1]:
         child = node.get(key)
@@ -165,16 +179,35 @@ def load_run_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
         raise ConfigError([f"{source.name}: expected a mapping at the top level"])
     _expand_model_preset(source, problems)
     for override in overrides:
-        _apply_override(source.data, override, problems)
+        _apply_override(source, override, problems)
     config = _build(RunConfig, source.data, "", source, problems)
     if problems:
         raise ConfigError(problems)
     return config
 
 
+def load_dataclass_file(cls: Any, path: Path, overrides: Sequence[str] = ()) -> Any:
+    """An instance of dataclass `cls` from a YAML file plus dotted overrides (cluster profiles and
+    other configs outside RunConfig), with the same errors: file:line, or the override as given.
+    Problems of the built object (beyond types and names) are the caller's to check."""
+    source = _Source.from_file(Path(path))
+    if not isinstance(source.data, dict):
+        raise ConfigError([f"{source.name}: expected a mapping at the top level"])
+    problems: List[str] = []
+    for override in overrides:
+        _apply_override(source, override, problems)
+    built = _build(cls, source.data, "", source, problems)
+    if problems:
+        raise ConfigError(problems)
+    return built
+
+
 def load_model_config(spec: str, overrides: Sequence[str] = ()) -> ModelConfig:
     """The model section of a preset or run config."""
     return load_run_config(spec, overrides).model
+
+
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -216,6 +249,8 @@ def _convert(value: Any, tp: Any, dotted: str, source: _Source, problems: List[s
             problems.append(f"{where}: '{dotted}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; everybody writes it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{where}: '{dotted}' must be a number, got {value!r}")
             return value

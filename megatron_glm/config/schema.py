@@ -132,7 +132,12 @@ class DataConfig:
     instruction_ratio: float = 0.05
     split: str = "949,50,1"
     cache_dir: str = ""
-    """Where megatron-core caches sample indices (default: next to the run)."""
+    """Where megatron-core caches sample indices. Empty: RUN_DIR/cache/datasets, on the run's
+    shared storage: global rank 0 builds the index and every other rank, on every node, loads it
+    (a node-local /tmp would hide it from the other nodes). Resolved once, in config.yaml."""
+    synthetic: bool = False
+    """Train on synthetic GLM sequences at model.seq_length instead of a corpus (GPU benchmarks,
+    tests). Must be asked for: a run without data sources and without this flag is rejected."""
     reproduce_window_overflow: bool = False
     """Reproduce LargeScale's truncated [MASK] windows (GLM130B.md §2.3) instead of keeping every target."""
 
@@ -149,7 +154,10 @@ class FaultInjection:
     kind: str = "spike"
     """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN;
     "stall_during_save": every rank stops after writing a checkpoint's files, before publishing
-    it, until killed (the kill -9 test kills the job from outside at that moment)."""
+    it, until killed (the kill -9 test kills the job from outside at that moment);
+    "slow_publish": every publish pauses `pause_s` after each of its file-system steps (manifest,
+    pointer, removal, rename), so the chaos test can kill the job inside each of them."""
+    pause_s: float = 0.5
 
 
 @dataclass
@@ -166,9 +174,13 @@ class TrainConfig:
     min_lr: float = 8e-6
     warmup_samples: int = 0
     decay_samples: int = 0
-    """Cosine decay length in samples (0: the whole run)."""
+    """Cosine decay length in samples. 0: the samples of the planned `steps`, resolved when the
+    run starts and kept from then on (config.yaml, checkpoints): raising `steps` on a resume
+    continues the same schedule unless `override_lr_on_resume`."""
     override_lr_on_resume: bool = False
-    """Take peak/min LR from this config when resuming (GLM-130B's --override-lr-scheduler)."""
+    """Take the schedule (peak/min LR, warmup, decay length) from this config when resuming
+    (GLM-130B's --override-lr-scheduler); with decay_samples 0 the decay is re-planned for the
+    new `steps`."""
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
     clip_grad: float = 1.0
@@ -186,6 +198,16 @@ class TrainConfig:
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3
+    hang_timeout_s: float = 0.0
+    """A rank that makes no progress (no optimizer step, save or validation finishing) this long
+    is declared hung: stacks dumped under RUN_DIR/hangs/, exit 76. 0 = auto, max(10 x median step
+    time, 15 min)."""
+    hang_first_step_timeout_s: float = 1800.0
+    """The same before the first step of an allocation (loading a checkpoint, the first step's
+    compilation and communicator setup)."""
+    verify_checkpoints: bool = True
+    """Check a checkpoint against its manifest (sizes, CRC-32; every rank reads its share) before
+    resuming from it; a corrupt one is skipped for the previous complete checkpoint."""
     init_from: str = ""
     """Start a new run from these model weights: a dist checkpoint directory (e.g. written by
     `glm-ckpt convert ... --to dist`, an import of the released GLM-130B) or a run's checkpoints/

@@ -7,17 +7,19 @@ Every problem is collected (not just the first) and each message says what to ch
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import List, Optional
 
 from megatron_glm.config.loader import ConfigError
 from megatron_glm.config.schema import RunConfig
+from megatron_glm.rundir import read_latest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 RECOMPUTE_GRANULARITIES = ("none", "selective", "full")
 RECOMPUTE_METHODS = ("uniform", "block")
 ATTENTION_BACKENDS = ("local", "sdpa")
 SPIKE_POLICIES = ("log", "skip", "rollback")
-FAULT_KINDS = ("spike", "nan", "stall_during_save")
+FAULT_KINDS = ("spike", "nan", "stall_during_save", "slow_publish")
 
 
 def _divisors(n: int, limit: int = 12) -> str:
@@ -79,8 +81,9 @@ def _pipeline_problems(config: RunConfig) -> List[str]:
     return problems
 
 
-def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List[str]:
-    """All problems of a run config (empty list: valid). world_size checks the layout divides it."""
+def config_problems(config: RunConfig, world_size: Optional[int] = None, training: bool = False) -> List[str]:
+    """All problems of a run config (empty list: valid). world_size checks the layout divides it;
+    training: the config is about to train (glm-train, glm-launch run/submit), so it needs data."""
     model, par = config.model, config.parallel
     problems: List[str] = []
     for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "seq_length"):
@@ -114,6 +117,9 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None) -> List
     problems.extend(_embedding_grad_shrink_problems(config))
     problems.extend(_pipeline_problems(config))
     problems.extend(_data_problems(config))
+    if training:
+        problems.extend(_training_data_problems(config))
+        problems.extend(_init_from_problems(config.train.init_from))
     problems.extend(_train_problems(config, world_size))
     if model.attention_backend not in ATTENTION_BACKENDS:
         problems.append(
@@ -169,6 +175,42 @@ def _data_problems(config: RunConfig) -> List[str]:
     return problems
 
 
+def _training_data_problems(config: RunConfig) -> List[str]:
+    """Training needs data, and synthetic data only when asked for by name."""
+    data = config.data
+    has_corpus = bool(data.sources or data.instruction_prefix)
+    if data.synthetic and has_corpus:
+        return ["data.synthetic=true together with data.sources/instruction_prefix: choose one "
+                "(remove the sources to benchmark on synthetic data, or set data.synthetic=false)"]
+    if not data.synthetic and not has_corpus:
+        return ["no training data: the config has no data.sources or data.instruction_prefix. Point them "
+                "at glm-prep datasets (see the tiny-cpu run preset), or set data.synthetic=true to train on "
+                "synthetic sequences (benchmarks, tests)"]
+    return []
+
+
+def _init_from_problems(init_from: str) -> List[str]:
+    """train.init_from must be a dist checkpoint (what the trainer loads, resharded); other formats
+    are named with the conversion that makes one."""
+    if not init_from:
+        return []
+    path = Path(init_from)
+    if not path.exists():
+        return [f"train.init_from={init_from}: no such directory"]
+    name, problem = read_latest(path)
+    target = path / name if name and not problem else path
+    if (target / ".metadata").is_file() and (target / "metadata.json").is_file():
+        return []
+    if list(path.glob("*.safetensors")):
+        kind = "a safetensors export"
+    elif (path / "latest").is_file() and not name:
+        kind = "a SAT (GLM-130B release) checkpoint"
+    else:
+        kind = problem or "not a dist checkpoint (no .metadata and metadata.json)"
+    return [f"train.init_from={init_from}: {kind}; the trainer starts from dist checkpoints: convert it with "
+            f"`glm-ckpt convert {init_from} DIR --to dist --tp T --pp P` and set train.init_from=DIR"]
+
+
 def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
     """Batch sizes that megatron-core's schedule and ramp-up calculator would reject mid-run."""
     train, par = config.train, config.parallel
@@ -212,6 +254,11 @@ def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
     if train.fault_injection.kind not in FAULT_KINDS:
         problems.append(f"train.fault_injection.kind={train.fault_injection.kind!r}; choose one of "
                         f"{', '.join(FAULT_KINDS)}")
+    if train.hang_timeout_s < 0:
+        problems.append(f"train.hang_timeout_s={train.hang_timeout_s} must be >= 0 (0: 10 x the median step time, "
+                        "at least 15 min)")
+    if train.hang_first_step_timeout_s <= 0:
+        problems.append(f"train.hang_first_step_timeout_s={train.hang_first_step_timeout_s} must be > 0")
     if train.spike_policy not in SPIKE_POLICIES:
         problems.append(f"train.spike_policy={train.spike_policy!r}; choose one of {', '.join(SPIKE_POLICIES)}")
     return problems
@@ -243,9 +290,9 @@ def _embedding_grad_shrink_problems(config: RunConfig) -> List[str]:
     return problems
 
 
-def validate(config: RunConfig, world_size: Optional[int] = None) -> RunConfig:
+def validate(config: RunConfig, world_size: Optional[int] = None, training: bool = False) -> RunConfig:
     """Raise ConfigError listing every problem; return the config unchanged when valid."""
-    problems = config_problems(config, world_size)
+    problems = config_problems(config, world_size, training)
     if problems:
         raise ConfigError(problems)
     return config

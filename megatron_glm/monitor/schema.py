@@ -28,7 +28,9 @@ loss/<source>       float   yes    per-data-source loss, where known
 
 Other keys are allowed. ``RUN_DIR/events.jsonl`` -- rare, important happenings: ``time``, ``step``,
 ``kind`` (one of EVENT_KINDS), ``message`` (str), plus the kind's fields in EVENT_FIELDS:
-start/restart: world_size, layout {tp, pp, dp, vpp}; checkpoint_saved/_loaded: path; spike: loss,
+start/restart: world_size, layout {tp, pp, dp, vpp}; checkpoint_saved/_loaded: path;
+checkpoint_corrupt (a checkpoint differs from its manifest; not loaded): path, file;
+checkpoint_fallback (`latest` unusable or corrupt: resuming from an older checkpoint); spike: loss,
 grad_norm, baseline_loss, baseline_grad_norm, action; skip: first_sample, last_sample; rollback:
 path, to_step; stop: reason, exit_code; error: nothing beyond message.
 
@@ -56,22 +58,21 @@ from typing import Any, Iterable
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-EVENTS_FILE = "events.jsonl"
+from megatron_glm.rundir import EVENT_KINDS, EVENTS_FILE, METRICS_FILE
+
 REQUIRED_METRIC_KEYS = ("time", "step", "consumed_samples", "tokens", "loss", "grad_norm", "param_norm",
                         "loss_scale", "skipped", "nan", "lr", "batch_size", "step_time_s", "tokens_per_s",
                         "tflops_per_gpu", "mfu", "mem_gb")
 INT_METRIC_KEYS = frozenset({"step", "consumed_samples", "tokens", "skipped", "nan", "batch_size"})
 NULLABLE_METRIC_KEYS = frozenset({"grad_norm", "param_norm", "loss_scale", "val_loss", "mfu",
                                   "tflops_per_gpu", "mem_gb"})
-EVENT_KINDS = ("start", "restart", "checkpoint_saved", "checkpoint_loaded", "spike", "rollback", "skip",
-               "stop", "error")
 REQUIRED_EVENT_KEYS = ("time", "step", "kind", "message")
 # type tags: "int", "num" (int/float, non-finite ok), "num?" (also None), "str", "layout".
 _LAYOUT = {"world_size": "int", "layout": "layout"}
 EVENT_FIELDS: dict[str, dict[str, str]] = {
     "start": _LAYOUT, "restart": _LAYOUT,
     "checkpoint_saved": {"path": "str"}, "checkpoint_loaded": {"path": "str"},
+    "checkpoint_corrupt": {"path": "str", "file": "str"}, "checkpoint_fallback": {},
     "spike": {"loss": "num", "grad_norm": "num?", "baseline_loss": "num", "baseline_grad_norm": "num?",
               "action": "str"},
     "skip": {"first_sample": "int", "last_sample": "int"},

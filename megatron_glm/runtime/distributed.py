@@ -105,15 +105,30 @@ def discover_world(env: Optional[Mapping[str, str]] = None) -> WorldInfo:
     return WorldInfo(0, 0, 1, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
 
 
+COLLECTIVE_TIMEOUT_ENV = "GLM_COLLECTIVE_TIMEOUT_S"
+"""Seconds a collective may wait before NCCL/gloo abort it; set per cluster in the profile's `env`
+(a 768-GPU job needs longer than a laptop: first-iteration NCCL setup, slow checkpoint loads)."""
+
+
+def collective_timeout_s(env=None) -> float:
+    value = (os.environ if env is None else env).get(COLLECTIVE_TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else 600.0
+    except ValueError:
+        raise ValueError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+
+
 def initialize_distributed(
     run: RunConfig,
     world: Optional[WorldInfo] = None,
-    timeout_s: float = 600.0,
+    timeout_s: Optional[float] = None,
 ) -> WorldInfo:
     """Create the default process group and megatron-core's TP/PP/DP groups; seed the RNGs.
 
-    CUDA: NCCL, one device per local rank. No CUDA: the CPU backend and gloo.
+    CUDA: NCCL, one device per local rank. No CUDA: the CPU backend and gloo. timeout_s: the
+    collectives' timeout (None: $GLM_COLLECTIVE_TIMEOUT_S, from the cluster profile, else 600 s).
     """
+    timeout_s = collective_timeout_s() if timeout_s is None else timeout_s
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
@@ -136,6 +151,7 @@ def initialize_distributed(
         tensor_model_parallel_size=par.tensor,
         pipeline_model_parallel_size=par.pipeline,
         virtual_pipeline_model_parallel_size=par.virtual_pipeline,
+        distributed_timeout_minutes=max(1, round(timeout_s / 60)),
     )
     # Offset by pipeline stage (as Megatron-LM) so that stages do not initialise their different
     # layers from one stream; megatron derives the per-TP-rank dropout/init streams from this seed.

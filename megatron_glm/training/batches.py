@@ -9,7 +9,6 @@ seeing different data: GLM130B.md §4.1).
 
 from __future__ import annotations
 
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -45,7 +44,9 @@ class DatasetBatches:
         if tokenizer.vocab_size > run.model.resolved_padded_vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
                              f"{run.model.resolved_padded_vocab_size}; raise model.vocab_size")
-        config = glm_dataset_config(run, tokenizer.special, tempfile.gettempdir() + "/glm-dataset-cache")
+        if not run.data.cache_dir:
+            raise ValueError("data.cache_dir is empty: resolve the run config first (megatron_glm.config.resolve)")
+        config = glm_dataset_config(run, tokenizer.special, run.data.cache_dir)
         self.train, self.valid, _ = build_glm_datasets(config, [train_samples, global_batch, 0])
         self.source_names = source_names(run.data)
         self.global_batch, self.micro_batch = global_batch, micro_batch

@@ -5,15 +5,21 @@ global batch through megatron-core's schedule -> the spike guard sees the loss a
 norm *before* the update (megatron-core's optimizer step split into prepare / norm / clip / step)
 -> apply, skip or roll back -> metrics. Everything that decides is computed from all-reduced
 values, so every rank takes the same decision. A stop signal (SIGTERM, or Slurm's SIGUSR1 before
-the time limit) saves a checkpoint at the next step boundary and exits with EXIT_REQUEUE; the end
+the time limit) saves a checkpoint at the next step boundary and exits with ExitCode.REQUEUE; the end
 of training writes DONE.
 
 The global batch follows megatron-core's ramp-up calculator (`train.rampup_batch_size`); the LR
 scheduler counts samples, so a ramp-up needs no other change. Each step also reports the loss of
 every data source in the batch (`loss/<source>`, from the blend's dataset_id).
 
-Run directory: config.yaml, metrics.jsonl, events.jsonl (megatron_glm.monitor.schema), tb/
-(TensorBoard scalars of the same metrics), checkpoints/ (megatron_glm.training.checkpointing), DONE.
+Starting: a run that already finished (DONE at or past `train.steps`) exits 0 without touching
+anything. Otherwise the checkpoint to continue from is found (verified; a dangling `latest` or a
+corrupt checkpoint falls back to the previous complete one, a run directory with checkpoints but
+none usable is refused), derived config values are resolved once (megatron_glm.config.resolve) and
+written to config.yaml. A checkpoint that cannot be written (full disk) ends the run with
+ExitCode.CHECKPOINT_IO, the previous checkpoint intact.
+
+Run directory layout and exit codes: megatron_glm.rundir.
 """
 
 from __future__ import annotations
@@ -32,26 +38,29 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+from megatron.core import dist_checkpointing
 from megatron.core.utils import unwrap_model
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_glm.config.loader import to_yaml
+from megatron_glm.config.resolve import ScheduleChanged, resolve_run, resolved_values
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.model.build import build_model_chunks
 from megatron_glm.monitor.schema import EventsWriter, MetricsWriter
 from megatron_glm.monitor.spikes import SpikeDetector
+from megatron_glm.rundir import ExitCode, RunDir
+from megatron_glm.runtime.job import host_name, job_tag
 from megatron_glm.training import flops
 from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
-from megatron_glm.training.checkpointing import (latest_checkpoint, load_checkpoint, resolve_checkpoint,
+from megatron_glm.training.checkpointing import (CheckpointSaveError, ResumePoint, RunDirError,
+                                                 find_resume_checkpoint, load_checkpoint, resolve_checkpoint,
                                                  save_checkpoint, start_checkpoint_writer_helpers)
 from megatron_glm.training.schedules import BatchRampup, BatchSizeSchedule, LRScheduleConfig, build_lr_scheduler
 from megatron_glm.training.step import batch_losses, build_optimizer, evaluate, run_schedule, wrap_for_training
 from megatron_glm.training.tensorboard import TensorBoardScalars
+from megatron_glm.training.watchdog import HangWatchdog
 
 log = logging.getLogger("glm-train")
-
-EXIT_REQUEUE = 75
-"""Exit code after a stop signal: a checkpoint was saved, please requeue (EX_TEMPFAIL)."""
-DONE_MARKER = "DONE"
 
 
 @dataclass
@@ -126,16 +135,24 @@ def _param_norm(model) -> float:
     return float(total.sqrt().item())
 
 
+def batch_size_schedule(train) -> BatchSizeSchedule:
+    rampup = (BatchRampup(*train.rampup_batch_size, global_batch_size=train.global_batch_size)
+              if train.rampup_batch_size else None)
+    return BatchSizeSchedule(train.global_batch_size, train.micro_batch_size,
+                             parallel_state.get_data_parallel_world_size(), rampup)
+
+
 class Trainer:
-    def __init__(self, run: RunConfig, run_dir: str):
+    def __init__(self, run: RunConfig, run_dir: str, resume: ResumePoint, events: Optional[EventsWriter]):
+        """`run` resolved (megatron_glm.config.resolve); `resume` from find_resume_checkpoint."""
         self.run, self.train = run, run.train
         self.run_dir = Path(run_dir)
-        self.checkpoints = str(self.run_dir / "checkpoints")
+        self.layout = RunDir(run_dir)
+        self.checkpoints = str(self.layout.checkpoints)
+        self.resume = resume
         self.writer = _is_writer_rank()
         self.dp = parallel_state.get_data_parallel_world_size()
-        rampup = (BatchRampup(*self.train.rampup_batch_size, global_batch_size=self.train.global_batch_size)
-                  if self.train.rampup_batch_size else None)
-        self.batch_sizes = BatchSizeSchedule(self.train.global_batch_size, self.train.micro_batch_size, self.dp, rampup)
+        self.batch_sizes = batch_size_schedule(self.train)
         planned_samples = self.batch_sizes.samples_before_step(self.train.steps)
         # [first, end) samples of the batches the test-only fault injector hits (None: it never does)
         fault = self.train.fault_injection
@@ -148,20 +165,17 @@ class Trainer:
                                        grad_reduce_in_fp32=self.train.grad_reduce_in_fp32)
         self.optimizer = build_optimizer(self.model, lr=self.train.peak_lr, weight_decay=self.train.weight_decay,
                                          adam_beta2=self.train.adam_beta2, clip_grad=self.train.clip_grad,
-                                         min_lr=min(self.train.min_lr, self.train.peak_lr),
-                                         loss_scale_window=self.train.loss_scale_window)
+                                         min_lr=self.train.min_lr, loss_scale_window=self.train.loss_scale_window)
         self.scheduler = build_lr_scheduler(self.optimizer, LRScheduleConfig(
-            peak_lr=self.train.peak_lr, min_lr=min(self.train.min_lr, self.train.peak_lr),
-            warmup_samples=self.train.warmup_samples,
-            decay_samples=max(self.train.decay_samples or planned_samples, self.train.warmup_samples + 1),
-            override_on_resume=self.train.override_lr_on_resume, weight_decay=self.train.weight_decay))
-        if run.data.sources:
+            peak_lr=self.train.peak_lr, min_lr=self.train.min_lr, warmup_samples=self.train.warmup_samples,
+            decay_samples=self.train.decay_samples, override_on_resume=self.train.override_lr_on_resume, weight_decay=self.train.weight_decay))
+        if not run.data.synthetic:
             # Twice the planned samples: skipped ranges and rollbacks move the stream forward.
             self.data = DatasetBatches(run, 2 * planned_samples + self.train.global_batch_size,
                                        self.train.global_batch_size, self.train.micro_batch_size)
             self.seq_length = run.model.seq_length
-        else:
-            self.seq_length = min(run.model.seq_length, 64)
+        else:  # data.synthetic (validated: a run without data must ask for it)
+            self.seq_length = run.model.seq_length
             self.data = SyntheticBatches(run, self.train.global_batch_size, self.train.micro_batch_size,
                                          self.seq_length)
         self.detector = SpikeDetector()
@@ -170,9 +184,11 @@ class Trainer:
         self.peak = (flops.device_peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available()
                      else flops.measure_cpu_matmul_peak_tflops(seconds=0.3))
         self.metrics = MetricsWriter(self.run_dir) if self.writer else None
-        self.events = EventsWriter(self.run_dir) if self.writer else None
+        self.events = events
         self.tensorboard = TensorBoardScalars(self.run_dir) if self.writer and self.train.tensorboard else None
         self.async_saves = AsyncCallsQueue() if self.train.async_save else None
+        self.watchdog: Optional[HangWatchdog] = None
+        """Set by run_training; told of progress after every step and around saves."""
 
     # --- events and checkpoints ------------------------------------------------------------
     def _event(self, kind: str, message: str, step: Optional[int] = None, **fields) -> None:
@@ -199,9 +215,10 @@ class Trainer:
 
         save_checkpoint(self.checkpoints, step, self.model, self.optimizer,
                         {"loop": vars(self.state), "scheduler": self.scheduler.state_dict(),
-                         "glm_model": self._shape()},
+                         "glm_model": self._shape(), "resolved": resolved_values(self.run)},
                         keep_last=self.train.keep_last, stall_before_publish=stall, async_queue=self.async_saves,
-                        on_published=published)
+                        on_published=published,
+                        publish_pause_s=fault.pause_s if fault.kind == "slow_publish" else 0.0)
 
     def _shape(self) -> dict:
         """The numbers glm-ckpt needs to read this checkpoint without a config (GLMShape's fields)."""
@@ -218,15 +235,24 @@ class Trainer:
         self._event("checkpoint_loaded", f"initialised the weights from {path}", path=str(path), weights_only=True)
 
     def finish_saves(self, blocking: bool = True) -> None:
-        """Collective: publish background checkpoints that are complete (all of them if blocking)."""
-        if self.async_saves is not None:
+        """Collective: publish background checkpoints that are complete (all of them if blocking).
+        A background write that failed raises CheckpointSaveError (on every rank: megatron-core
+        gathers write failures)."""
+        if self.async_saves is None:
+            return
+        try:
             self.async_saves.maybe_finalize_async_calls(blocking=blocking)
+        except CheckpointException as error:
+            raise CheckpointSaveError(f"background checkpoint write failed: {error}") from error
 
-    def load_latest(self) -> bool:
+    def load(self, resume: ResumePoint) -> bool:
+        """Collective: record how the checkpoint was found, load it; False when there is none."""
         self.finish_saves()
-        path = latest_checkpoint(self.checkpoints)
-        if path is None:
+        for kind, message, fields in resume.events:
+            self._event(kind, message, **fields)
+        if resume.path is None:
             return False
+        path = resume.path
         common = load_checkpoint(path, self.model, self.optimizer)
         self.state = LoopState(**common["loop"])
         self.detector.load_state_dict(self.state.detector)
@@ -305,13 +331,15 @@ class Trainer:
 
     def _rollback(self, record: dict) -> dict:
         failed_at = self.state.consumed_samples
-        path = latest_checkpoint(self.checkpoints)
+        self.finish_saves()
+        resume = find_resume_checkpoint(self.checkpoints, verify=self.train.verify_checkpoints)
+        path = resume.path
         if path is None:
             self._event("error", "rollback requested but no checkpoint exists; skipping the update instead")
             self.state.consumed_samples += record["batch_size"]
             self.state.step += 1
             return record
-        self.load_latest()
+        self.load(resume)
         first, last = failed_at, failed_at + max(record["batch_size"], self.train.rollback_skip_samples) - 1
         self._event("rollback", f"rolled back to step {self.state.step}", path=str(path), to_step=self.state.step)
         self.state.skip_ranges.append([first, last])
@@ -359,18 +387,36 @@ class Trainer:
     # --- the run ---------------------------------------------------------------------------
     def fit(self, stop: "_StopSignal") -> int:
         if dist.get_rank() == 0:
-            (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a longer run continues this one
-        resumed = self.load_latest()
+            self.layout.clear_done()  # a longer run continues this one
+        resumed = self.load(self.resume)
         if not resumed and self.train.init_from:
             self.init_weights_from(self.train.init_from)
         extra = {} if resumed else {"val_loss": self._validate()}  # the step-0 reference
         self._event("restart" if resumed else "start", "training", world_size=dist.get_world_size(),
                     layout=self._layout(), **{k: v for k, v in extra.items() if v is not None})
+        try:
+            return self._train_until_done(stop)
+        except CheckpointSaveError as error:
+            message = (f"checkpoint save failed at step {self.state.step}: {error}. The previous checkpoint and "
+                       f"`latest` are intact; free space or fix the file system, then start the run again.")
+            self._event("error", message, reason="checkpoint_io", exit_code=int(ExitCode.CHECKPOINT_IO))
+            if dist.get_rank() == 0:
+                log.error(message)
+            return ExitCode.CHECKPOINT_IO
+
+    def _alive(self) -> None:
+        """Tell the hang watchdog the job moves (after a step; around saves and validation)."""
+        if self.watchdog is not None:
+            self.watchdog.progress(self.state.step)
+
+    def _train_until_done(self, stop: "_StopSignal") -> int:
         while self.state.step < self.train.steps:
             record = self.step()
+            self._alive()
             last = self.state.step >= self.train.steps
             evaluate_now = last or (self.train.eval_interval and self.state.step % self.train.eval_interval == 0)
             val_loss = self._validate() if evaluate_now and not record.get("rolled_back") else None
+            self._alive()
             # _param_norm and the metrics line involve collectives: every rank calls them.
             if record.get("rolled_back") is None and (last or self.state.step % self.train.log_interval == 0
                                                       or val_loss is not None):
@@ -378,33 +424,99 @@ class Trainer:
             if self.train.save_interval and self.state.step % self.train.save_interval == 0 and not last:
                 self.save()
             self.finish_saves(blocking=False)
+            self._alive()
             if stop.agreed():
                 self.save()
                 self.finish_saves()
                 self._event("stop", "stop signal: checkpoint saved, please requeue", reason="signal",
-                            exit_code=EXIT_REQUEUE)
-                return EXIT_REQUEUE
+                            exit_code=int(ExitCode.REQUEUE))
+                return ExitCode.REQUEUE
         self.save()
         self.finish_saves()
         self._event("stop", "training complete", reason="done", exit_code=0)
         if dist.get_rank() == 0:
-            (self.run_dir / DONE_MARKER).write_text(f"step {self.state.step}\n")
-        return 0
+            self.layout.mark_done(self.state.step)
+        return ExitCode.DONE
+
+
+def finished_step(run: RunConfig, run_dir: str) -> Optional[int]:
+    """The step a finished run ended at, when it needs no more steps (DONE at or past
+    train.steps); None when there is training to do. Says so on rank 0."""
+    step = RunDir(run_dir).done_step()
+    if step is None or step < run.train.steps:
+        return None
+    if dist.get_rank() == 0:
+        log.warning("%s finished at step %d (DONE); nothing to do. Raise train.steps to train further.",
+                    run_dir, step)
+    return step
+
+
+def _prepare(run: RunConfig, run_dir: str, events: Optional[EventsWriter]) -> tuple:
+    """Collective: (resume point, resolved run) or a RunDirError / ScheduleChanged on every rank."""
+    layout = RunDir(run_dir)
+    resume = find_resume_checkpoint(str(layout.checkpoints), verify=run.train.verify_checkpoints)
+    if resume.path is None:
+        history = _published_history(layout)
+        if history:
+            raise RunDirError(f"{layout.path} has no checkpoint left, but its events record {len(history)} "
+                              f"published (the last: {history[-1]}); refusing to train from step 0 over "
+                              "this run's history. Restore the checkpoints, or use another --run-dir.")
+    common = (dist_checkpointing.load_common_state_dict(str(resume.path))["common"]
+              if resume.path is not None else None)
+    planned = batch_size_schedule(run.train).samples_before_step(run.train.steps)
+    return resume, resolve_run(run, run_dir, planned, common)
+
+
+def _published_history(layout: RunDir) -> List[str]:
+    """Paths of the checkpoints this run's events say were published inside its checkpoints/."""
+    from megatron_glm.monitor.schema import read_events
+
+    if not layout.events.is_file():
+        return []
+    events, _ = read_events(layout.path)
+    inside = str(layout.checkpoints.resolve())
+    return [e["path"] for e in events if e["kind"] == "checkpoint_saved"
+            and str(Path(e["path"]).resolve()).startswith(inside)]
 
 
 def run_training(run: RunConfig, run_dir: str) -> int:
     """Collective entry point (process groups already initialised)."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    if dist.get_rank() == 0:
-        (Path(run_dir) / "config.yaml").write_text(to_yaml(run))
+    layout = RunDir(run_dir)
+    if finished_step(run, run_dir) is not None:
+        return ExitCode.DONE
+    layout.path.mkdir(parents=True, exist_ok=True)
+    events = EventsWriter(layout.path) if _is_writer_rank() else None
     stop = _StopSignal()
     start_checkpoint_writer_helpers()
-    trainer = Trainer(run, run_dir)
+    trainer = None
+    # From here a rank that stops making progress (a frozen peer, a stuck file system) ends the
+    # job with ExitCode.HANG; checkpoint search and loading count as the first step.
+    watchdog = HangWatchdog(run_dir, dist.get_rank(), dist.get_world_size(), host_name(), job_tag(),
+                            timeout_s=run.train.hang_timeout_s,
+                            first_step_timeout_s=run.train.hang_first_step_timeout_s).start()
     try:
+        try:
+            resume, run = _prepare(run, run_dir, events)
+        except (RunDirError, ScheduleChanged) as error:
+            if events is not None:
+                reason = "schedule_changed" if isinstance(error, ScheduleChanged) else "bad_run_dir"
+                events.write({"step": 0, "kind": "error", "message": str(error), "reason": reason,
+                              "exit_code": int(ExitCode.BAD_INPUT)})
+            if dist.get_rank() == 0:
+                log.error("%s", error)
+            return ExitCode.BAD_INPUT
+        if dist.get_rank() == 0:
+            layout.config.write_text(to_yaml(run))
+        trainer = Trainer(run, run_dir, resume, events)
+        trainer.watchdog = watchdog
         return trainer.fit(stop)
     finally:
-        if trainer.async_saves is not None and trainer.async_saves.get_num_unfinalized_calls():
-            trainer.async_saves.close(abort=True)  # failing: do not publish a checkpoint of a broken run
-        for writer in (trainer.metrics, trainer.events, trainer.tensorboard):
-            if writer is not None:
-                writer.close()
+        watchdog.stop()
+        if trainer is not None:
+            if trainer.async_saves is not None and trainer.async_saves.get_num_unfinalized_calls():
+                trainer.async_saves.close(abort=True)  # failing: do not publish a checkpoint of a broken run
+            for writer in (trainer.metrics, trainer.tensorboard):
+                if writer is not None:
+                    writer.close()
+        if events is not None:
+            events.close()

@@ -9,6 +9,8 @@ before and after training), else synthetic GLM sequences. Rank 0 prints one JSON
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from typing import Callable
 
@@ -33,6 +35,8 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
         raise ValueError(f"global batch {global_batch} must be a multiple of data-parallel size "
                          f"{dp_size} x micro batch {micro_batch}")
     if run.data.sources:
+        if not run.data.cache_dir:  # smoke runs on one machine: its temporary directory is shared
+            run.data.cache_dir = os.path.join(tempfile.gettempdir(), "glm-smoke-dataset-cache")
         data = DatasetBatches(run, steps * global_batch, global_batch, micro_batch)
         seq_length = run.model.seq_length
     else:

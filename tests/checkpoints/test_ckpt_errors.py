@@ -22,7 +22,7 @@ def sat(tmp_path, tiny_workdir) -> Path:
 
 def _fails(capsys, src: Path, dst: Path, *args: str, expect=()):
     code, _, err = ckpt(capsys, "convert", src, dst, "--to", "dist", "--quiet", *HEADS_ARGS, *args)
-    assert code == 1
+    assert code == 2
     for text in expect:
         assert text in err, err
     assert not dst.exists()
@@ -61,6 +61,10 @@ def test_missing_sat_and_dist_shards(capsys, tmp_path, sat, train_ckpt):
 
     shutil.copytree(train_ckpt, tmp_path / "dist")
     (tmp_path / "dist" / "iter_0000012" / "__3_0.distcp").unlink()
+    # The trainer's manifest names the missing file before anything is read ...
+    _fails(capsys, tmp_path / "dist", tmp_path / "out", expect=["__3_0.distcp is missing", "glm-ckpt verify"])
+    # ... and without one (a checkpoint written by glm-ckpt convert) the reader still finds it.
+    (tmp_path / "dist" / "iter_0000012" / "manifest.json").unlink()
     _fails(capsys, tmp_path / "dist", tmp_path / "out", expect=["__3_0.distcp", "shard file is missing", "key"])
 
 
@@ -81,7 +85,7 @@ def test_impossible_layouts(capsys, tmp_path, sat):
     _fails(capsys, sat, tmp_path / "out", "--tp", "8", expect=["4 attention heads", "linear_qkv.weight"])
     _fails(capsys, sat, tmp_path / "out", "--pp", "3", expect=["8 layers", "--pp"])
     code, _, err = ckpt(capsys, "convert", sat, tmp_path / "out", "--to", "sat", "--pp", "2", *HEADS_ARGS)
-    assert code == 1 and "no pipeline split" in err and not (tmp_path / "out").exists()
+    assert code == 2 and "no pipeline split" in err and not (tmp_path / "out").exists()
 
 
 def test_existing_destination_needs_force(capsys, tmp_path, sat):
@@ -89,9 +93,9 @@ def test_existing_destination_needs_force(capsys, tmp_path, sat):
     dst.mkdir()
     (dst / "keep").write_text("x")
     code, _, err = ckpt(capsys, "convert", sat, dst, "--to", "dist", *HEADS_ARGS)
-    assert code == 1 and "--force" in err and (dst / "keep").exists()
+    assert code == 2 and "--force" in err and (dst / "keep").exists()
     convert(capsys, sat, dst, "--to", "dist", "--force")
-    assert not (dst / "keep").exists() and (dst / "latest").read_text() == "iter_0000005"
+    assert not (dst / "keep").exists() and (dst / "latest").read_text().strip() == "iter_0000005"
 
 
 def test_console_exit_code_and_bad_inputs(tmp_path, sat):
@@ -101,5 +105,5 @@ def test_console_exit_code_and_bad_inputs(tmp_path, sat):
     result = subprocess.run([sys.executable, "-m", "checkpoints.cli", "forward", str(sat), "--inputs",
                              str(tmp_path / "in.pt"), "--out", str(tmp_path / "o.pt"), *HEADS_ARGS],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "attention_mask" in result.stderr and "bool" in result.stderr
+    assert result.returncode == 2 and "attention_mask" in result.stderr and "bool" in result.stderr
     assert not (tmp_path / "o.pt").exists()

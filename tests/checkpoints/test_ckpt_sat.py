@@ -51,6 +51,6 @@ def test_sat_export_equals_the_plain_writer(capsys, tmp_path, train_ckpt, weight
 def test_sat_needs_the_head_count(capsys, tmp_path, weights):
     write_sat(weights, tmp_path / "sat", 1, iteration=1, num_layers=8, head_dim=16)
     code, _, err = ckpt(capsys, "inspect", tmp_path / "sat")
-    assert code == 1 and "--num-attention-heads" in err
+    assert code == 2 and "--num-attention-heads" in err
     code, out, _ = ckpt(capsys, "inspect", tmp_path / "sat", "--model", "glm-tiny")
     assert code == 0 and "4 heads" in out

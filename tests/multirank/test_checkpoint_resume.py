@@ -26,7 +26,7 @@ def resumed(tiny_workdir, tmp_path_factory):
 def test_checkpoint_is_published_with_latest(resumed):
     workdir, _ = resumed
     checkpoints = workdir / "checkpoints"
-    assert (checkpoints / "latest").read_text() == "iter_0000004"
+    assert (checkpoints / "latest").read_text().strip() == "iter_0000004"
     assert (checkpoints / "iter_0000004").is_dir()
     assert not list(checkpoints.glob("*.tmp"))
 

@@ -11,7 +11,7 @@ from multirank.harness import run_ranks
 
 pytestmark = pytest.mark.multirank
 
-RUN = {"model": {"preset": "glm-tiny", "seq_length": 64},
+RUN = {"model": {"preset": "glm-tiny", "seq_length": 64}, "data": {"synthetic": True},
        "train": {"steps": 8, "global_batch_size": 8, "peak_lr": 1e-3, "min_lr": 1e-4, "decay_samples": 512,
                  "eval_interval": 0}}
 TP2_PP2 = ["parallel.tensor=2", "parallel.pipeline=2"]
@@ -82,7 +82,7 @@ def test_async_checkpoints_publish_and_resume_exactly(runs):
     saved = [(e["step"], e["path"].rsplit("/", 1)[-1]) for e in events if e["kind"] == "checkpoint_saved"]
     assert saved == [(2, "iter_0000002"), (4, "iter_0000004"), (6, "iter_0000006"), (8, "iter_0000008")]
     checkpoints = workdir / "async" / "checkpoints"
-    assert (checkpoints / "latest").read_text() == "iter_0000008" and not list(checkpoints.glob("*.tmp"))
+    assert (checkpoints / "latest").read_text().strip() == "iter_0000008" and not list(checkpoints.glob("*.tmp"))
     straight, resumed = _losses(workdir / "straight"), _losses(workdir / "async")
     assert all(resumed[step] == straight[step] for step in range(1, 9))
 
@@ -197,7 +197,7 @@ def test_kill_9_during_save_keeps_the_previous_checkpoint(tmp_path):
     finally:
         kill_ranks(procs, logs)
     assert [p.returncode for p in procs] == [-9, -9]
-    assert (checkpoints / "latest").read_text() == "iter_0000002"
+    assert (checkpoints / "latest").read_text().strip() == "iter_0000002"
     assert not (checkpoints / "iter_0000004").exists()
     codes = _train(tmp_path, run_dir, 2, "parallel.tensor=2", "train.save_interval=2")
     assert codes == [0, 0] and (run_dir / "DONE").exists()

@@ -1,4 +1,5 @@
-"""The `local_slurm` fixture: one real Slurm (2 simulated nodes) for the whole session."""
+"""The `local_slurm` fixture: one real Slurm for the whole session, 3 simulated nodes (jobs take 2;
+the third is where a requeued job goes when a node is excluded), each with its own TMPDIR."""
 
 import pytest
 
@@ -7,7 +8,7 @@ from slurm.local_slurm import LocalSlurm, SlurmUnavailable
 
 @pytest.fixture(scope="session")
 def local_slurm():
-    cluster = LocalSlurm(nodes=2, cpus_per_node=4)
+    cluster = LocalSlurm(nodes=3, cpus_per_node=4)
     try:
         cluster.start()
     except SlurmUnavailable as error:

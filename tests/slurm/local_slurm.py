@@ -12,6 +12,10 @@ more CPUs than the machine has (config_overrides), else a 4-task job stays PENDI
 ReturnToService=2; no accounting (so no sacct: use squeue/scontrol); AuthInfo cred_expire=10, else
 a requeued job waits ~150 s before it runs again. Node names resolve through /etc/hosts lines this
 class adds and removes. Every Slurm client needs SLURM_CONF: without a slurm.conf they hang ~60 s.
+
+Node-local storage: on a real cluster /tmp is a different disk on every node, here it is one. A
+TaskProlog gives every task (batch script and srun tasks alike) TMPDIR=ROOT/tmp/<node name>, so
+code that passes a temporary path from one node to another fails here as it would there.
 """
 
 from __future__ import annotations
@@ -105,9 +109,20 @@ class LocalSlurm:
         return dict(os.environ, SLURM_CONF=str(self.conf))
 
     # --- setup ------------------------------------------------------------------------------
+    def node_tmpdir(self, node: str) -> Path:
+        """The TMPDIR every task on `node` sees."""
+        return self.root / "tmp" / node
+
     def _write_config(self) -> None:
         for sub in ("etc", "state", "log", "run", "munge", *(f"spool/{n}" for n in self.node_names)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for node in self.node_names:
+            self.node_tmpdir(node).mkdir(parents=True, exist_ok=True)
+            self.node_tmpdir(node).chmod(0o1777)
+        task_prolog = self.root / "etc" / "task_prolog.sh"
+        task_prolog.write_text(f"#!/bin/sh\n# Written by tests/slurm/local_slurm.py: a node-local TMPDIR per simulated node.\n"
+                               f"echo \"export TMPDIR={self.root}/tmp/$SLURMD_NODENAME\"\n")
+        task_prolog.chmod(0o755)
         ctld_port = _free_port_block(1 + self.nodes)
         first_node_port = ctld_port + 1
         r = self.root
@@ -126,6 +141,7 @@ SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd-%n.log
+TaskProlog={r}/etc/task_prolog.sh
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -224,14 +240,24 @@ PartitionName=debug Nodes={self._range()} Default=YES MaxTime=INFINITE State=UP 
         return self
 
     # --- teardown ---------------------------------------------------------------------------
-    def cancel_all(self) -> None:
+    def cancel_all(self, wait_s: float = 0.0) -> None:
+        """scancel every job; with wait_s, wait (up to that long) until none is left: the jobs'
+        slurmstepd processes are not ours to kill, their slurmd must end them before it stops."""
         subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, timeout=30)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True,
+                                  timeout=30)
+            if jobs.returncode != 0 or not jobs.stdout.strip():
+                return
+            time.sleep(1.0)
 
     def stop(self) -> None:
-        """Stop the daemons this instance started (slurmd first, munge last), by pid."""
+        """Stop the daemons this instance started (slurmd first, munge last), by pid, once the
+        jobs still running are cancelled and gone (a failed test leaves some)."""
         try:
             if self.procs and self.conf.exists():
-                self.cancel_all()
+                self.cancel_all(wait_s=90)
         except (OSError, subprocess.TimeoutExpired):
             pass
         for proc in reversed(self.procs):

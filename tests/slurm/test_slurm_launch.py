@@ -1,9 +1,12 @@
-"""glm-launch on a real Slurm (2 simulated nodes x 2 tasks): a tiny GLM at TP2 x PP2 is submitted,
-stopped by its time limit (USR1 before it: save, requeue itself), requeued from outside
-(`scontrol requeue`: resume from the latest checkpoint), and finishes; prep runs as an array job
-plus a dependent merge."""
+"""glm-launch on a real Slurm (3 simulated nodes, jobs of 2 nodes x 2 tasks): a tiny GLM at TP2 x PP2
+is submitted, stopped by its time limit (USR1 before it: save, requeue itself), requeued from
+outside (`scontrol requeue`: resume from the latest checkpoint), and finishes; a rank frozen with
+SIGSTOP is found by the hang watchdog, its node excluded and the job finished on the other two;
+prep runs as an array job plus a dependent merge."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent
 RUN = {"model": {"preset": "glm-tiny", "seq_length": 32},
        "parallel": {"tensor": 2, "pipeline": 2},
+       "data": {"synthetic": True},
        # Long enough that the time-limit signal always comes first, however fast this machine is;
        # the test shortens the run once it has been requeued (see below).
        "train": {"steps": 100000, "global_batch_size": 4, "save_interval": 2, "eval_interval": 0,
@@ -103,13 +107,13 @@ def test_submit_time_limit_requeue_and_finish_on_two_nodes(local_slurm, tmp_path
     assert steps == list(range(1, first_stop + 13))  # no step trained twice, none lost
     assert _job_state(cluster, job_id)[1] >= 2  # Slurm counted the requeues
 
-    # Ranks 0-3 ran on both simulated nodes in every allocation, nodes 0 and 1 by SLURM_NODEID.
+    # Ranks 0-3 ran on two simulated nodes in every allocation, nodes 0 and 1 by SLURM_NODEID.
     allocations = sorted((run_dir / "slurm").glob(f"ranks.{job_id}.*"))
     assert len(allocations) >= 3
     for path in allocations:
         rows = [line.split() for line in path.read_text().splitlines()]
         assert sorted(int(r[0]) for r in rows) == [0, 1, 2, 3]
-        assert {r[2] for r in rows} == {"0", "1"} and {r[3] for r in rows} == {"node1", "node2"}
+        assert {r[2] for r in rows} == {"0", "1"} and len({r[3] for r in rows}) == 2
 
     status = subprocess.run([str(BIN / "glm-launch"), "status", str(run_dir), "--json"], capture_output=True,
                             text=True, env=cluster.env, timeout=60)
@@ -118,6 +122,159 @@ def test_submit_time_limit_requeue_and_finish_on_two_nodes(local_slurm, tmp_path
     assert reported["job"]["state"] == "COMPLETED" and reported["done"]
     assert reported["last_step"] == first_stop + 12 and reported["last_checkpoint"] == first_stop + 12
     assert reported["restarts"] == len(restarts)
+
+
+def test_every_simulated_node_has_its_own_tmpdir(local_slurm, tmp_path):
+    """Batch script and srun tasks see their node's TMPDIR, as node-local /tmp on a real cluster."""
+    cluster = local_slurm
+    script = tmp_path / "tmpdir.sbatch"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --nodes=3
+#SBATCH --ntasks-per-node=1
+#SBATCH --output={tmp_path}/tmpdir.out
+echo "batch $SLURMD_NODENAME $TMPDIR"
+srun bash -c 'echo "task $SLURMD_NODENAME $TMPDIR"'
+""")
+    job_id = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=cluster.env,
+                            check=True, timeout=60).stdout.strip()
+    _wait(lambda: _job_state(cluster, job_id)[0] == "COMPLETED", 120, "the TMPDIR job", cluster)
+    rows = [line.split() for line in (tmp_path / "tmpdir.out").read_text().splitlines() if line[:5] in ("batch", "task ")]
+    assert sorted(r[1] for r in rows if r[0] == "task") == ["node1", "node2", "node3"]
+    assert [r[0] for r in rows].count("batch") == 1
+    for _, node, tmpdir in rows:
+        assert tmpdir == str(cluster.node_tmpdir(node))
+
+
+def test_a_job_given_an_excluded_node_starts_again_without_it(local_slurm, tmp_path):
+    """A job resubmitted by hand does not carry the run's exclusions: its before hook finds one of
+    them in the allocation, requeues the job with ExcNodeList, and training happens elsewhere."""
+    cluster = local_slurm
+    run_dir = tmp_path / "run"
+    (run_dir / "slurm").mkdir(parents=True)
+    (run_dir / "slurm" / "excluded_nodes.json").write_text(json.dumps(
+        [{"node": "node2", "reason": "hang: rank 3 stuck", "job_id": "0", "restart": 0}]))
+    # node3 busy: the 2-node job can only start on node1 + node2.
+    blocker = subprocess.run(["sbatch", "--parsable", "--nodelist=node3", "--ntasks=4", f"--output={tmp_path}/blocker.out",
+                              "--wrap", "sleep 600"], capture_output=True, text=True, env=cluster.env, check=True,
+                             timeout=60).stdout.strip()
+    try:
+        _wait(lambda: _job_state(cluster, blocker)[0] == "RUNNING", 60, "the blocking job", cluster)
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({**RUN, "train": {**RUN["train"], "steps": 4}}))
+        submitted = subprocess.run([str(BIN / "glm-launch"), "submit", str(config), "--cluster", "local-slurm",
+                                    "--run-dir", str(run_dir), "--time", "10"],
+                                   capture_output=True, text=True, env=cluster.env, timeout=120, cwd=tmp_path)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        avoided = _wait(lambda: [e for e in _events(run_dir) if e.get("reason") == "excluded_nodes"], 120,
+                        "the before hook to refuse node2", cluster, run_dir)
+        assert "excluded node(s) node2" in avoided[0]["message"]
+    finally:
+        subprocess.run(["scancel", blocker], env=cluster.env, capture_output=True, timeout=30)
+    _wait(lambda: _job_state(cluster, job_id)[0] == "COMPLETED", 300, "the job to complete", cluster, run_dir)
+    assert (run_dir / "DONE").exists()
+    assert _job_field(cluster, job_id, "ExcNodeList") == "node2" and _job_state(cluster, job_id)[1] == 1
+    assert not (run_dir / "slurm" / f"ranks.{job_id}.0").exists()  # nothing ran on node1 + node2
+    rows = [line.split() for line in (run_dir / "slurm" / f"ranks.{job_id}.1").read_text().splitlines()]
+    assert {r[3] for r in rows} == {"node1", "node3"}
+
+
+HANG_RUN = {**RUN, "train": {**RUN["train"], "steps": 80, "save_interval": 4, "hang_timeout_s": 20}}
+"""Long enough to freeze a rank after its first checkpoint and before the end, short enough to
+finish on the other nodes; a 20 s hang timeout (interval 2 s: a frozen rank is stale after 6 s)."""
+
+
+def _heartbeat(run_dir, rank):
+    try:
+        return json.loads((Path(run_dir) / "heartbeats" / f"rank{rank}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_field(cluster, job_id, name):
+    out = subprocess.run(["scontrol", "show", "job", job_id, "-o"], capture_output=True, text=True, env=cluster.env,
+                         timeout=30).stdout
+    return dict(item.split("=", 1) for item in out.split() if "=" in item).get(name)
+
+
+def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_others(local_slurm, tmp_path):
+    cluster = local_slurm
+    run_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(HANG_RUN))
+    submitted = subprocess.run([str(BIN / "glm-launch"), "submit", str(config), "--cluster", "local-slurm",
+                                "--run-dir", str(run_dir), "--time", "10"],
+                               capture_output=True, text=True, env=cluster.env, timeout=120, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    frozen = None
+    try:
+        # 1. Freeze rank 3 once its watchdog reports a step past the last checkpoint: the steps
+        #    since that checkpoint are lost with the hang and must be trained again.
+        def rank3_past_a_checkpoint():
+            beat = _heartbeat(run_dir, 3)
+            saved = [e["step"] for e in _events(run_dir) if e["kind"] == "checkpoint_saved"]
+            return beat if saved and beat and beat["job"] == f"{job_id}.0" and (beat["step"] or 0) > max(saved) else None
+        beat = _wait(rank3_past_a_checkpoint, 240, "rank 3's heartbeat past a checkpoint "
+                     "(heartbeats/rank3.json: the hang watchdog running in the trainer)", cluster, run_dir)
+        frozen, node = beat["pid"], beat["host"]
+        os.kill(frozen, signal.SIGSTOP)
+
+        # 2. The other ranks time out (exit 76), rank 3's node is excluded, the job requeues elsewhere.
+        def hang_event():
+            return [e for e in _events(run_dir) if e["kind"] == "error" and e.get("reason") == "hang"
+                    and e.get("source") == "watchdog"]
+        hang = _wait(hang_event, 90, "the watchdog's hang event", cluster, run_dir)
+        assert len(hang) == 1 and hang[0]["stuck_ranks"] == [3] and hang[0]["hosts"] == [node]
+        assert f"rank 3 on {node} (pid {frozen}" in hang[0]["message"] and hang[0]["timeout_s"] == 20
+        _wait(lambda: _job_state(cluster, job_id)[0] == "COMPLETED", 400, "the job to complete", cluster, run_dir)
+    finally:
+        if frozen is not None:
+            try:
+                os.kill(frozen, signal.SIGKILL)  # srun has killed it already, unless the test failed early
+            except ProcessLookupError:
+                pass
+
+    assert (run_dir / "DONE").exists()
+    # Stacks of the ranks that timed out (a rank whose peer left first may end with a gloo error
+    # instead), never of the frozen one.
+    stacks = sorted((run_dir / "hangs").glob("*.txt"))
+    assert stacks and {p.name for p in stacks} <= {f"{job_id}.0.rank{r}.txt" for r in (0, 1, 2)}
+    assert all("most recent call first" in p.read_text() for p in stacks)
+    events = _events(run_dir)
+    launcher = [e for e in events if e.get("source") == "launcher" and e.get("reason") == "hang"]
+    assert len(launcher) == 1 and launcher[0]["excluded_nodes"] == [node], launcher
+    assert json.loads((run_dir / "slurm" / "excluded_nodes.json").read_text()) == [
+        {"node": node, "reason": "hang: rank 3 stuck", "job_id": job_id, "restart": 0}]
+    assert _job_field(cluster, job_id, "ExcNodeList") == node and _job_state(cluster, job_id)[1] == 1
+
+    # The requeued allocation ran on the two other nodes and resumed from the last checkpoint
+    # saved before the hang.
+    rows = [line.split() for line in (run_dir / "slurm" / f"ranks.{job_id}.1").read_text().splitlines()]
+    assert sorted(int(r[0]) for r in rows) == [0, 1, 2, 3]
+    assert len({r[3] for r in rows}) == 2 and node not in {r[3] for r in rows}
+    hang_index = events.index(hang[0])
+    last_saved = [e["step"] for e in events[:hang_index] if e["kind"] == "checkpoint_saved"][-1]
+    restarts = [e for e in events if e["kind"] == "restart"]
+    assert len(restarts) == 1 and restarts[0]["step"] == last_saved and restarts[0]["world_size"] == 4
+
+    # No step lost, none trained twice: the steps after the checkpoint the hang lost were trained
+    # again from it (their first metrics lines belong to the discarded attempt), every other once.
+    steps = [r["step"] for r in read_metrics(run_dir)[0]]
+    back = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(back) <= 1, steps
+    first, second = (steps[:back[0]], steps[back[0]:]) if back else (steps, [])
+    assert first == list(range(1, len(first) + 1))
+    if second:
+        assert second == list(range(last_saved + 1, HANG_RUN["train"]["steps"] + 1)) and first[-1] >= last_saved
+    else:
+        assert first == list(range(1, HANG_RUN["train"]["steps"] + 1))
+
+    status = subprocess.run([str(BIN / "glm-launch"), "status", str(run_dir), "--json"], capture_output=True,
+                            text=True, env=cluster.env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    reported = json.loads(status.stdout)
+    assert reported["done"] and [e["node"] for e in reported["excluded_nodes"]] == [node]
 
 
 def test_prep_array_and_merge_equal_a_single_glm_prep_run(local_slurm, tmp_path):
