@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.rundir import RunDir
 
 pytestmark = pytest.mark.slurm
 
@@ -27,6 +28,19 @@ RUN = {"model": {"preset": "glm-tiny", "seq_length": 32},
        # the test shortens the run once it has been requeued (see below).
        "train": {"steps": 100000, "global_batch_size": 4, "save_interval": 2, "eval_interval": 0,
                  "decay_samples": 4000, "peak_lr": 1e-3, "min_lr": 1e-4}}
+
+
+@pytest.fixture(scope="module")
+def on_demo_data(demo_data_section, demo_tokenizer):
+    """run config dict -> the same on the real data stream (the bundled corpus through glm-prep,
+    the blended [MASK]/[gMASK]/MIP samples), with the default dataset cache: the run directory,
+    which every simulated node reaches (their TMPDIRs are node-local)."""
+
+    def make(run: dict) -> dict:
+        return {**run, "model": {**run["model"], "vocab_size": demo_tokenizer.vocab_size, "seq_length": 128},
+                "data": demo_data_section("")}
+
+    return make
 
 
 def _wait(predicate, timeout, what, cluster, run_dir=None):
@@ -51,11 +65,11 @@ def _events(run_dir):
     return read_events(run_dir)[0] if (Path(run_dir) / "events.jsonl").exists() else []
 
 
-def test_submit_time_limit_requeue_and_finish_on_two_nodes(local_slurm, tmp_path):
+def test_submit_time_limit_requeue_and_finish_on_two_nodes(local_slurm, tmp_path, on_demo_data):
     cluster = local_slurm
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(RUN))
+    config.write_text(yaml.safe_dump(on_demo_data(RUN)))
     # --time 2 with USR1 100 s before: the signal is due 20 s in (Slurm checks every ~30 s).
     submitted = subprocess.run([str(BIN / "glm-launch"), "submit", str(config), "--cluster", "local-slurm",
                                 "--run-dir", str(run_dir), "--time", "2", "--signal-seconds", "100"],
@@ -197,11 +211,12 @@ def _job_field(cluster, job_id, name):
     return dict(item.split("=", 1) for item in out.split() if "=" in item).get(name)
 
 
-def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_others(local_slurm, tmp_path):
+def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_others(local_slurm, tmp_path,
+                                                                                    on_demo_data):
     cluster = local_slurm
     run_dir = tmp_path / "run"
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(HANG_RUN))
+    config.write_text(yaml.safe_dump(on_demo_data(HANG_RUN)))
     submitted = subprocess.run([str(BIN / "glm-launch"), "submit", str(config), "--cluster", "local-slurm",
                                 "--run-dir", str(run_dir), "--time", "10"],
                                capture_output=True, text=True, env=cluster.env, timeout=120, cwd=tmp_path)
@@ -275,6 +290,28 @@ def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_ot
     assert status.returncode == 0, status.stderr
     reported = json.loads(status.stdout)
     assert reported["done"] and [e["node"] for e in reported["excluded_nodes"]] == [node]
+    assert any((run_dir / "cache" / "datasets").rglob("*.npy"))  # the index every node read
+
+    # 3. A corrupted file in the newest checkpoint: the next allocation (the run extended by 4
+    #    steps, resubmitted by hand) resumes from the one before it, never from the damaged one.
+    final = HANG_RUN["train"]["steps"]
+    shard = sorted((run_dir / "checkpoints" / f"iter_{final:07d}").glob("*.distcp"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    frozen_config = run_dir / "slurm" / "run.yaml"
+    extended = yaml.safe_load(frozen_config.read_text())
+    extended["train"]["steps"] = final + 4
+    frozen_config.write_text(yaml.safe_dump(extended, sort_keys=False))
+    again = subprocess.run(["sbatch", "--parsable", str(run_dir / "slurm" / "job.sbatch")], capture_output=True,
+                           text=True, env=cluster.env, timeout=60, check=True).stdout.strip()
+    _wait(lambda: _job_state(cluster, again)[0] == "COMPLETED", 400, "the resubmitted job", cluster, run_dir)
+    events = _events(run_dir)
+    corrupt = [e for e in events if e["kind"] == "checkpoint_corrupt"]
+    assert len(corrupt) == 1 and corrupt[0]["file"] == shard.name and corrupt[0]["path"].endswith(f"iter_{final:07d}")
+    previous = final - HANG_RUN["train"]["save_interval"]
+    assert [e for e in events if e["kind"] == "restart"][-1]["step"] == previous
+    assert RunDir(run_dir).latest_step() == final + 4 and RunDir(run_dir).done_step() == final + 4
 
 
 def test_prep_array_and_merge_equal_a_single_glm_prep_run(local_slurm, tmp_path):
