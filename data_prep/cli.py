@@ -3,13 +3,16 @@
     glm-prep train-tokenizer --input FILES... --model-prefix OUT [--vocab-size 32000]
     glm-prep tokenize --input FILES... --output-prefix OUT --tokenizer-model M.model [--workers N]
                       [--format pile|wudao|mip|jsonl] [--shard i/n] [--max-error-rate 0.05]
+                      [--accept-damaged-files]
     glm-prep merge --input PREFIXES_OR_GLOBS... --output-prefix OUT
     glm-prep inspect --data-prefix P --tokenizer-model M.model [--kind mask|gmask|mip] [--samples 2]
 
 Options shared with Megatron-LM's tools/preprocess_data.py keep their names (--input,
 --output-prefix, --tokenizer-model, --workers, --append-eod, --json-key). Each input file's format
 is guessed from its name unless --format is given; the guess is logged. Exit codes: 0 done,
-2 bad arguments or unreadable input, 3 too many bad records (nothing published).
+2 bad arguments, unreadable input, or datasets that do not go together (merge, inspect),
+3 a damaged input file (one that cannot be read to its end; --accept-damaged-files keeps what was
+read) or too much input lost to bad records (nothing published).
 """
 
 from __future__ import annotations
@@ -47,13 +50,16 @@ def _reader_options(args) -> dict:
 
 
 def _train_tokenizer(args) -> int:
-    from data_prep.tokenize import expand_inputs
+    from data_prep.tokenize import check_readable, expand_inputs
     from data_prep.tokenizer_training import train_tokenizer
 
-    summary = train_tokenizer(expand_inputs(args.input), args.model_prefix, vocab_size=args.vocab_size,
+    files = expand_inputs(args.input)
+    check_readable(files)
+    summary = train_tokenizer(files, args.model_prefix, vocab_size=args.vocab_size,
                               sample_bytes=int(args.sample_mb * (1 << 20)), fmt=args.format,
                               character_coverage=args.character_coverage, threads=args.workers,
-                              reader_options=_reader_options(args), verbose=args.verbose)
+                              reader_options=_reader_options(args), verbose=args.verbose,
+                              accept_damaged_files=args.accept_damaged_files)
     print(json.dumps(summary))
     return 0
 
@@ -66,6 +72,7 @@ def _tokenize(args) -> int:
         mip_keys=tuple(args.mip_keys.split(",")), include_subsets=args.include_subsets,
         exclude_subsets=args.exclude_subsets, append_eod=args.append_eod, workers=args.workers,
         max_error_rate=args.max_error_rate, shard=args.shard, progress=not args.quiet,
+        accept_damaged_files=args.accept_damaged_files,
     )
     stats = tokenize(options, _tokenizer(args))
     files = stats.pop("files")
@@ -80,13 +87,24 @@ def _tokenize(args) -> int:
 
 
 def _merge(args) -> int:
-    from data_prep.indexed_writer import list_shard_prefixes, merge_datasets
+    """Merge after checking that the inputs go together (kind, tokenizer, every shard present):
+    the merged stats.json carries the kind and every damaged file the inputs accepted."""
+    from data_prep.indexed_writer import list_shard_prefixes, merge_datasets, read_index_header
+    from data_prep.metadata import check_mergeable, merged_stats, read_stats, stats_path, write_json_atomically
 
     prefixes = [p for p in list_shard_prefixes(args.input) if os.path.abspath(p) != os.path.abspath(args.output_prefix)]
     for prefix in prefixes:
         if not (os.path.isfile(f"{prefix}.idx") and os.path.isfile(f"{prefix}.bin")):
             raise FileNotFoundError(f"{prefix}: no complete .bin/.idx pair to merge")
-    print(json.dumps(merge_datasets(prefixes, args.output_prefix)))
+        read_index_header(prefix)  # a broken index fails before any other check
+    records = {prefix: read_stats(prefix) for prefix in prefixes}
+    for note in check_mergeable(prefixes, records):
+        log.warning("note: %s", note)
+    result = merge_datasets(prefixes, args.output_prefix)
+    stats = merged_stats(args.output_prefix, prefixes, records, result,
+                         str(read_index_header(args.output_prefix)[0]))
+    write_json_atomically(stats_path(args.output_prefix), stats)
+    print(json.dumps({**result, "kind": stats["kind"], "damaged": len(stats["damaged"])}))
     return 0
 
 
@@ -118,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json-key", default="text", help="text field of pile/jsonl records")
             sub.add_argument("--mip-keys", default="inputs,targets", help="text,target fields of mip records")
             sub.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding threads")
+            sub.add_argument("--accept-damaged-files", action="store_true",
+                             help="keep what was read of a file that cannot be read to its end (truncated or "
+                                  "corrupt, not a WuDao array, empty) instead of failing; stats.json records "
+                                  "what was lost")
 
     train = commands.add_parser("train-tokenizer", help="train a bilingual sentencepiece model")
     common(train, tokenizer=False)
@@ -135,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--include-subsets", nargs="+", help="pile: keep only these meta.pile_set_name values")
     tok.add_argument("--exclude-subsets", nargs="+", help="pile: drop these meta.pile_set_name values")
     tok.add_argument("--max-error-rate", type=float, default=0.05,
-                     help="fail (publishing nothing) when more than this share of records is bad")
+                     help="fail (publishing nothing) when more than this share of the input bytes is lost "
+                          "to bad records or damaged files")
     tok.add_argument("--shard", type=_shard, help="i/n: process every n-th input file from the i-th")
     tok.set_defaults(handler=_tokenize)
 
@@ -160,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("glm-prep", verbose=args.verbose, quiet=args.quiet)
+    from data_prep.readers import UnreadableInput
     from data_prep.tokenize import PrepError
     from megatron_glm.data.tokenizer import TokenizerError
 
@@ -168,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except PrepError as error:
         print(f"glm-prep: {error}", file=sys.stderr)
         return error.exit_code
-    except (TokenizerError, ValueError, FileNotFoundError, OSError) as error:
+    except (TokenizerError, UnreadableInput, ValueError, FileNotFoundError, OSError) as error:
         print(f"glm-prep: {error}", file=sys.stderr)
         return 2
 

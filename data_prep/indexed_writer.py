@@ -120,14 +120,16 @@ class IndexedDatasetWriter:
 
 
 def read_index_header(prefix: str):
-    """(dtype, sequence count, document count) of prefix.idx."""
+    """(dtype, sequence count, document count) of prefix.idx; ValueError naming it if it is not one."""
     with open(f"{prefix}.idx", "rb") as handle:
         header = handle.read(9 + 8 + 1 + 8 + 8)
-    if header[:9] != INDEX_HEADER:
-        raise ValueError(f"{prefix}.idx is not a megatron-core index (bad header)")
+    if header[:9] != INDEX_HEADER or len(header) < 34:
+        raise ValueError(f"{prefix}.idx is not a megatron-core index (bad or truncated header)")
     (version,) = struct.unpack("<Q", header[9:17])
     if version != 1:
         raise ValueError(f"{prefix}.idx has index version {version}; only version 1 is supported")
+    if header[17] not in CODE_DTYPES:
+        raise ValueError(f"{prefix}.idx has an unknown token dtype code {header[17]}")
     dtype = CODE_DTYPES[header[17]]
     sequences, documents = struct.unpack("<QQ", header[18:34])
     return dtype, sequences, documents

@@ -7,17 +7,22 @@ corpus or tokenizer can see at a glance whether spans, positions and loss look r
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import List
 
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from data_prep.indexed_writer import read_index_header
+from data_prep.metadata import check_kind_for_inspect
 from megatron_glm.data.glm_sample import PackedSample, SpecialTokens
 from megatron_glm.data.datasets import objective_for_length
 from megatron_glm.data.sampling import gmask_sequence, instruction_sequence, mask_sequence
 from megatron_glm.data.tokenizer import GLMTokenizer
 
 PREVIEW_CHARS = 600
+log = logging.getLogger("glm-prep")
 
 
 def _short(text: str) -> str:
@@ -59,9 +64,25 @@ def _render(tokenizer: GLMTokenizer, title: str, sample: PackedSample) -> str:
     return "\n".join(lines)
 
 
+def _check_dataset(prefix: str) -> None:
+    """A clear error for a wrong --data-prefix or an empty dataset (megatron-core would assert)."""
+    for suffix in (".bin", ".idx"):
+        if not os.path.isfile(f"{prefix}{suffix}"):
+            raise FileNotFoundError(f"{prefix}{suffix}: no such file (--data-prefix is the PREFIX of "
+                                    "PREFIX.bin and PREFIX.idx)")
+    if read_index_header(prefix)[2] <= 1:
+        raise ValueError(f"{prefix} holds no documents: nothing to show")
+
+
 def inspect(prefix: str, tokenizer: GLMTokenizer, kind: str = "mask", samples: int = 1, seed: int = 0,
             seq_length: int = 2048) -> str:
-    """Decode `samples` sequences of `kind` (mask, gmask or mip) built from the dataset at `prefix`."""
+    """Decode `samples` sequences of `kind` (mask, gmask or mip) built from the dataset at `prefix`.
+    The dataset must exist, hold documents, and be of the kind the samples need (text for mask and
+    gmask, mip for mip) as glm-prep recorded it; without a record it is used with a note."""
+    _check_dataset(prefix)
+    note = check_kind_for_inspect(prefix, kind)
+    if note:
+        log.warning("note: %s", note)
     dataset = IndexedDataset(prefix)
     special = SpecialTokens(mask=tokenizer.special.mask, gmask=tokenizer.special.gmask,
                             sop=tokenizer.special.sop, eop=tokenizer.special.eop, pad=tokenizer.special.pad)

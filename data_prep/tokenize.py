@@ -9,9 +9,14 @@ taking turns on it: bench/RESULTS.md).
 
 Documents: pile/wudao/jsonl text -> one sequence `tokens + [eod]` (eod optional); an instruction
 example (mip) -> two sequences, text and target, so the sample builder can recover both.
-Bad records are skipped and reported per file with line/record; `max_error_rate` turns too many
-into a failure that publishes nothing. Sharding (`shard=(i, n)`) takes every n-th input file
-starting at i (inputs sorted), so n machines split a corpus without coordination.
+Bad records are skipped and reported per file with line/record. A file that cannot be read to its
+end (truncated or corrupt stream, not a WuDao array, I/O error, empty) fails the job, naming where
+it broke and how much was read, unless `accept_damaged_files`; then stats.json records what each
+damaged file lost. `max_error_rate` bounds the share of input *bytes* lost to bad records and
+damage (a lost file is not one bad record) and turns more into a failure that publishes nothing.
+Sharding (`shard=(i, n)`) takes every n-th input file starting at i (inputs sorted), so n machines
+split a corpus without coordination; stats.json fingerprints the whole input list so that
+`glm-prep merge` can tell a complete set of shards from one with a failed shard missing.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from __future__ import annotations
 import gc
 import glob
 import collections
+import hashlib
 import itertools
-import json
 import logging
 import multiprocessing
 import os
@@ -32,13 +37,18 @@ from typing import Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data_prep.indexed_writer import IndexedDatasetWriter, token_dtype
-from data_prep.readers import Document, Skip, UnreadableInput, guess_format, read_documents
+from data_prep.metadata import write_json_atomically
+from data_prep.readers import (Damage, Document, Skip, UnreadableInput, guess_format, is_compressed,
+                               read_documents)
 from megatron_glm.data.tokenizer import GLMTokenizer
 
 log = logging.getLogger("glm-prep")
 
 BATCH_BYTES = 2 << 20
 MAX_REPORTED_SKIPS = 100
+MID_FILE_CHECK_BYTES = 256 << 20
+"""Inside a file the error rate is checked (every 1000 skips) only after this much input, so that
+a bad first line does not stop a long file; at the end of every file it is always checked."""
 
 
 class PrepError(RuntimeError):
@@ -48,7 +58,14 @@ class PrepError(RuntimeError):
 
 
 class TooManyBadRecords(PrepError):
-    """More bad records than --max-error-rate allows; nothing was published."""
+    """More input lost to bad records and damage than --max-error-rate allows; nothing was published."""
+
+    exit_code = 3
+
+
+class DamagedInput(PrepError):
+    """An input file could not be read to its end and damaged files were not accepted; nothing
+    was published."""
 
     exit_code = 3
 
@@ -67,6 +84,7 @@ class TokenizeOptions:
     max_error_rate: float = 0.05
     shard: Optional[Tuple[int, int]] = None
     progress: bool = True
+    accept_damaged_files: bool = False
 
 
 @dataclass
@@ -74,9 +92,21 @@ class FileReport:
     documents: int = 0
     tokens: int = 0
     bytes: int = 0
+    """Size on disk."""
+    content_bytes: int = 0
+    """Bytes read (decompressed)."""
+    lost_bytes: int = 0
+    """Bytes of skipped records, plus what a damage cost (from where it stopped to the end)."""
     skipped: int = 0
     filtered: int = 0
     skips: List[dict] = field(default_factory=list)
+    damage: Optional[dict] = None
+    """Where the file stopped being readable and what was lost (see `_record_damage`)."""
+
+    @property
+    def seen_bytes(self) -> int:
+        """Bytes the error rate is taken over: read, plus what a damage left unread."""
+        return self.content_bytes + (self.damage["unread_bytes"] if self.damage else 0)
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
@@ -99,7 +129,8 @@ def select_shard(files: Sequence[str], shard: Optional[Tuple[int, int]]) -> List
     return list(files[index::count])
 
 
-def _check_readable(files: Sequence[str]) -> None:
+def check_readable(files: Sequence[str]) -> None:
+    """Every input is a readable file: a wrong path fails before any work, naming it."""
     for path in files:
         if os.path.isdir(path):
             raise PrepError(f"{path}: is a directory, expected a file (use a glob such as {path}/*.jsonl.zst)")
@@ -220,20 +251,19 @@ class _EncodingPool:
 
 def _read_all(files, formats, options: TokenizeOptions, reports: Dict[str, FileReport],
               encoders: _EncodingPool, instruction_data: bool) -> None:
-    """Parse every input into batches for the encoders, recording skips per file."""
+    """Parse every input into batches for the encoders, recording skips and damage per file."""
     batch = _Batch(instruction_data)
     for path in files:
-        counters = {"filtered": 0}
+        counters: Dict[str, int] = {}
         report = reports[path]
         for item in read_documents(path, formats[path], json_key=options.json_key, mip_keys=options.mip_keys,
                                    include_subsets=options.include_subsets,
                                    exclude_subsets=options.exclude_subsets, counters=counters):
-            if isinstance(item, Skip):
-                report.skipped += 1
-                if len(report.skips) < MAX_REPORTED_SKIPS:
-                    report.skips.append({"location": item.location, "reason": item.reason})
-                if report.skipped % 1000 == 0:
-                    _check_error_rate(reports, options.max_error_rate, min_seen=100_000)
+            if not isinstance(item, Document):
+                if isinstance(item, Skip):
+                    _record_skip(report, item, counters, reports, options)
+                else:
+                    _record_damage(report, item, counters, formats[path], options)
                 continue
             report.documents += 1
             batch.add(item)
@@ -241,9 +271,60 @@ def _read_all(files, formats, options: TokenizeOptions, reports: Dict[str, FileR
                 encoders.submit(batch)
                 batch = _Batch(instruction_data)
         report.filtered = counters["filtered"]
+        report.content_bytes = counters["bytes"]
         _check_error_rate(reports, options.max_error_rate)
+    if not any(report.documents for report in reports.values()):
+        raise PrepError(f"no documents in {len(files)} input file(s) ({sum(r.filtered for r in reports.values())} "
+                        "filtered by subset): nothing to publish; check --input, --format and the subset filters")
     if batch.texts:
         encoders.submit(batch)
+
+
+def _record_skip(report: FileReport, skip: Skip, counters: Dict[str, int], reports: Dict[str, FileReport],
+                 options: TokenizeOptions) -> None:
+    report.skipped += 1
+    report.lost_bytes += skip.size
+    if len(report.skips) < MAX_REPORTED_SKIPS:
+        report.skips.append({"location": skip.location, "reason": skip.reason, "bytes": skip.size})
+    if report.skipped % 1000 == 0:
+        report.content_bytes = counters["bytes"]
+        _check_error_rate(reports, options.max_error_rate, min_bytes=MID_FILE_CHECK_BYTES)
+
+
+def _record_damage(report: FileReport, damage: Damage, counters: Dict[str, int], fmt: str,
+                   options: TokenizeOptions) -> None:
+    """Record what the damage cost; without --accept-damaged-files, fail the job (DamagedInput)."""
+    lost = counters["bytes"] - damage.offset + damage.unread
+    report.damage = {
+        "location": damage.location, "reason": damage.reason, "offset": damage.offset,
+        "documents_read": report.documents, "lost_bytes": lost, "unread_bytes": damage.unread,
+        "cut_short": damage.cut_short,
+    }
+    report.lost_bytes += lost
+    message = describe_damage(damage, report.documents, counters["bytes"], fmt)
+    if not options.accept_damaged_files:
+        raise DamagedInput(f"{message}. Nothing was published. {DAMAGE_ADVICE} (stats.json then records what "
+                           "was lost).")
+    log.warning("%s; accepted (--accept-damaged-files)", message)
+
+
+DAMAGE_ADVICE = "Replace the file (download or copy it again), or pass --accept-damaged-files to keep what was read"
+
+
+def describe_damage(damage: Damage, documents: int, read_bytes: int, fmt: str) -> str:
+    """Where a file broke, how much was read before, and what was lost: for errors and warnings."""
+    if damage.offset == 0 and damage.cut_short and not documents:
+        return f"{damage.source}: damaged file: {damage.reason}"  # nothing readable: no place to name
+    compressed = is_compressed(damage.source)
+    where = f"{'decompressed ' if compressed else ''}byte {damage.offset:,} " \
+            f"({'record' if fmt == 'wudao' else 'line'} {damage.location:,})"
+    lost = read_bytes - damage.offset + damage.unread
+    if damage.cut_short:
+        cost = f"{lost:,} bytes after it not usable, and the file ends early: how much more is missing is unknown"
+    else:
+        cost = f"{'about ' if compressed and damage.unread else ''}{lost:,} bytes after it not read"
+    return (f"{damage.source}: damaged file: {damage.reason}, at {where}; read {documents:,} documents "
+            f"({damage.offset:,} bytes) before it, {cost}")
 
 
 def tokenize(options: TokenizeOptions, tokenizer: GLMTokenizer) -> dict:
@@ -251,7 +332,7 @@ def tokenize(options: TokenizeOptions, tokenizer: GLMTokenizer) -> dict:
     files = select_shard(expand_inputs(options.inputs), options.shard)
     if not files:
         raise PrepError(f"shard {options.shard} of {len(expand_inputs(options.inputs))} input files is empty")
-    _check_readable(files)
+    check_readable(files)
     formats = {path: options.fmt or guess_format(path) for path in files}
     instruction = {fmt == "mip" for fmt in formats.values()}
     if len(instruction) != 1:
@@ -286,8 +367,19 @@ def tokenize(options: TokenizeOptions, tokenizer: GLMTokenizer) -> dict:
         if progress is not None:
             progress.close()
     stats = _stats(options, tokenizer, writer, reports, instruction_data, time.perf_counter() - started)
-    _write_json_atomically(f"{options.output_prefix}.stats.json", stats)
+    if options.shard:
+        stats["inputs_fingerprint"] = _inputs_fingerprint(expand_inputs(options.inputs))
+    write_json_atomically(f"{options.output_prefix}.stats.json", stats)
     return stats
+
+
+def _inputs_fingerprint(files: Sequence[str]) -> str:
+    """Names and sizes of every input of the job (before sharding): shards of one job share it,
+    whatever machine or mount point they ran on, so `glm-prep merge` can group them."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{os.path.basename(path)}\0{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _progress(options: TokenizeOptions):
@@ -298,31 +390,37 @@ def _progress(options: TokenizeOptions):
     return tqdm(unit=" docs", desc=Path(options.output_prefix).name, mininterval=1.0)
 
 
-def _check_error_rate(reports: Dict[str, FileReport], max_rate: float, min_seen: int = 1) -> None:
-    """Fail when the share of skipped records exceeds max_rate (mid-file only after min_seen
-    records, so that a bad first line does not stop a long file)."""
-    skipped = sum(r.skipped for r in reports.values())
-    seen = skipped + sum(r.documents for r in reports.values())
-    if seen >= min_seen and skipped / seen > max_rate:
-        worst = max(reports.items(), key=lambda item: item[1].skipped)
-        example = worst[1].skips[0] if worst[1].skips else {}
+def _check_error_rate(reports: Dict[str, FileReport], max_rate: float, min_bytes: int = 1) -> None:
+    """Fail when the share of input bytes lost (skipped records, damaged files) exceeds max_rate
+    (checked only once min_bytes were seen). Bytes, not records: a file lost after its first record
+    is most of its data, not one bad line."""
+    lost = sum(r.lost_bytes for r in reports.values())
+    seen = sum(r.seen_bytes for r in reports.values())
+    if seen >= min_bytes and lost > max_rate * seen:
+        worst_path, worst = max(reports.items(), key=lambda item: item[1].lost_bytes)
+        example = worst.damage or (worst.skips[0] if worst.skips else {})
+        skipped = sum(r.skipped for r in reports.values())
+        damaged = sum(1 for r in reports.values() if r.damage)
         raise TooManyBadRecords(
-            f"{skipped} of {seen} records skipped ({skipped / seen:.1%} > --max-error-rate {max_rate:.1%}); "
-            f"most in {worst[0]} (e.g. line/record {example.get('location')}: {example.get('reason')}). "
-            "Nothing was published. Fix the input or raise --max-error-rate."
+            f"{lost:,} of {seen:,} input bytes lost ({lost / seen:.1%} > --max-error-rate {max_rate:.1%}) to "
+            f"{skipped} skipped record(s) and {damaged} damaged file(s); most in {worst_path} (e.g. line/record "
+            f"{example.get('location')}: {example.get('reason')}). Nothing was published. "
+            "Fix the input or raise --max-error-rate."
         )
 
 
 def _stats(options, tokenizer, writer, reports, instruction_data, seconds) -> dict:
     return {
         "output_prefix": options.output_prefix,
-        "kind": "instruction" if instruction_data else "text",
+        "kind": "mip" if instruction_data else "text",
         "documents": writer.documents,
         "sequences": writer.sequences,
         "tokens": writer.tokens,
         "input_bytes": sum(r.bytes for r in reports.values()),
         "skipped": sum(r.skipped for r in reports.values()),
         "filtered": sum(r.filtered for r in reports.values()),
+        "lost_bytes": sum(r.lost_bytes for r in reports.values()),
+        "damaged": {path: r.damage for path, r in reports.items() if r.damage},
         "seconds": round(seconds, 3),
         "tokens_per_s": round(writer.tokens / seconds, 1) if seconds > 0 else None,
         "dtype": str(writer.dtype),
@@ -332,10 +430,3 @@ def _stats(options, tokenizer, writer, reports, instruction_data, seconds) -> di
                       "special_ids": tokenizer.special.as_dict()},
         "files": {path: vars(report) for path, report in reports.items()},
     }
-
-
-def _write_json_atomically(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +17,11 @@ from megatron_glm.monitor.synthetic import Curve, write_run
 EVIL = "<img src=x onerror=alert(1)>"
 
 
+GLM_MONITOR = str(Path(sys.executable).parent / "glm-monitor")  # the installed console script
+
+
 def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "megatron_glm.monitor.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([GLM_MONITOR, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,67 @@ def test_megatron_text_log_through_the_cli(tmp_path):
     log.write_text("".join(lines))
     r = cli("spikes", log, "--json")
     assert [s["step"] for s in json.loads(r.stdout)["spikes"]] == [70]
+
+
+def _no_metrics_inputs(root):
+    """{name: (path, what the error says)}: a text log of something else, a run directory whose
+    metrics file is empty, and one holding only another program's JSON lines."""
+    garbage = root / "garbage.log"
+    garbage.write_text("hello\nnot a training log\n")
+    empty = root / "empty-run"
+    empty.mkdir()
+    (empty / schema.METRICS_FILE).write_bytes(b"")
+    foreign = root / "foreign-run"
+    foreign.mkdir()
+    (foreign / schema.METRICS_FILE).write_bytes(b'{"epoch": 1, "acc": 0.5}\nnot json\n')
+    return {"garbage": (garbage, "no metrics recognised in its 2 line(s)"),
+            "empty": (empty, "no metrics logged yet (metrics.jsonl is missing or empty)"),
+            "foreign": (foreign, "no usable line in metrics.jsonl (2 bad line(s)")}
+
+
+@pytest.mark.parametrize("which", ["garbage", "empty", "foreign"])
+@pytest.mark.parametrize("command", ["spikes", "spikes-json", "report", "serve"])
+def test_no_recognised_metrics_is_exit_2_with_the_reason(tmp_path, command, which):
+    """A cron alert (spikes --fail-on-spike) aimed at the wrong file must not report "0 spikes"
+    and exit 0 forever; report and serve refuse the same inputs with the same reason."""
+    path, reason = _no_metrics_inputs(tmp_path)[which]
+    out = tmp_path / "report.html"
+    args = {"spikes": ["spikes", path, "--fail-on-spike"], "spikes-json": ["spikes", path, "--json"],
+            "report": ["report", path, "-o", out], "serve": ["serve", path, "--port", "0"]}[command]
+    r = cli(*args, timeout=60)  # serve would run until the timeout if it accepted the input
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"glm-monitor: error: {path}: {reason}" in r.stderr
+    assert "spike(s)" not in r.stdout and r.stdout.strip() == ""
+    assert not out.exists()
+
+
+def test_serve_waits_for_a_started_run_without_metrics(tmp_path):
+    """A trainer that has started (start event) but not logged a step yet is worth watching: serve
+    accepts it with a note; spikes still refuses it (nothing to check)."""
+    run = tmp_path / "run"
+    with schema.EventsWriter(run) as ev:
+        ev.write({"step": 0, "kind": "start", "message": "training", "world_size": 1,
+                  "layout": {"tp": 1, "pp": 1, "dp": 1, "vpp": None}})
+    assert cli("spikes", run).returncode == 2
+    server = subprocess.Popen([GLM_MONITOR, "serve", str(run), "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving 1 run(s)" in server.stdout.readline()
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "no metrics yet, but its trainer has started" in err
+
+
+def test_report_embeds_the_step_zero_validation_loss(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, Curve(500, seed=1))
+    with schema.EventsWriter(run) as ev:  # a second start event, with the step-0 validation loss
+        ev.write({"step": 0, "kind": "start", "message": "training", "world_size": 1,
+                  "layout": {"tp": 1, "pp": 1, "dp": 1, "vpp": None}, "val_loss": 9.75})
+    out = tmp_path / "report.html"
+    assert cli("report", run, "-o", out).returncode == 0
+    data = json.loads(re.search(r'<script id="glm-data" type="application/json">(.*?)</script>',
+                                out.read_text(), re.S).group(1))
+    view = data["series"][0]["keys"]["val_loss"]
+    assert view["x"][0] == 0 and view["y"][0] == 9.75

@@ -263,3 +263,67 @@ def test_a_key_only_on_the_first_line_is_found(tmp_path):
     write(tmp_path, [record(1, **{"loss/first": 1.25})] + [record(i) for i in range(2, 2000)])
     store = loaded(tmp_path)
     assert "loss/first" in store.summary()["keys"] and store.cols["loss/first"].values[0] == 1.25
+
+
+def _start_event(run_dir, val_loss):
+    with schema.EventsWriter(run_dir) as ev:
+        ev.write({"time": 1.7e9, "step": 0, "kind": "start", "message": "training", "world_size": 1,
+                  "layout": {"tp": 1, "pp": 1, "dp": 1, "vpp": None}, "val_loss": val_loss})
+
+
+@pytest.mark.parametrize("rows", [300, 50_000])  # plain points / min-max buckets
+def test_step_zero_validation_of_the_start_event_is_in_the_val_loss_view(tmp_path, rows):
+    """The trainer puts the step-0 validation loss on its start event, not in metrics.jsonl: the
+    validation view must still begin with it (and leave it out of a zoomed range without step 0)."""
+    write(tmp_path, [record(i, val_loss=4.0 if i % 100 == 0 else None) for i in range(1, rows + 1)])
+    _start_event(tmp_path, 5.5)
+    store = loaded(tmp_path)
+    view = store.series(["val_loss"], None, None, 500)["keys"]["val_loss"]
+    assert view["x"][0] == 0 and list(view["x"]) == sorted(view["x"])
+    first = view["y"][0] if "y" in view else (view["lo"][0], view["hi"][0], view["mean"][0], view["count"][0])
+    assert first == (5.5 if "y" in view else (5.5, 5.5, 5.5, 1))
+    zoomed = store.series(["val_loss"], 100, 250, 500)["keys"]["val_loss"]
+    assert 0 not in list(zoomed["x"]) and np.nanmax(zoomed["y"]) == 4.0
+
+
+def test_step_zero_validation_alone_makes_a_validation_chart(tmp_path):
+    """Before the first validation step the start event's loss is the only validation value."""
+    (tmp_path / schema.METRICS_FILE).write_bytes(b"")
+    _start_event(tmp_path, 6.25)
+    store = loaded(tmp_path)
+    assert "val_loss" in store.summary()["keys"]
+    view = store.series(["val_loss"], None, None, 500)["keys"]["val_loss"]
+    assert list(view["x"]) == [0.0] and list(view["y"]) == [6.25]
+
+
+def test_a_start_event_without_validation_adds_nothing(tmp_path):
+    write(tmp_path, [record(i) for i in range(1, 11)])
+    _start_event(tmp_path, None)
+    view = loaded(tmp_path).series(["val_loss"], None, None, 500)["keys"]["val_loss"]
+    assert list(view["x"]) == list(range(1, 11)) and np.isnan(view["y"]).all()
+
+
+def test_lines_without_step_or_loss_are_not_rows(tmp_path):
+    """A JSON line of another program has no step: a bad line, not a row at step -1 (the bulk
+    loader's marker for a missing value); a missing loss is NaN, as when tailing."""
+    (tmp_path / schema.METRICS_FILE).write_bytes(b'{"a": 1}\n{"step": 5}\n')
+    store = loaded(tmp_path)
+    assert store.n == 1 and store.bad_lines == 1
+    assert list(store.cols["step"].values) == [5.0] and np.isnan(store.cols["loss"].values).all()
+
+
+def test_why_a_run_has_no_metrics(tmp_path):
+    log = tmp_path / "garbage.log"
+    log.write_text("hello\nworld\n")
+    assert "no metrics recognised in its 2 line(s)" in loaded(log).missing_metrics()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / schema.METRICS_FILE).write_bytes(b"")
+    store = loaded(run)
+    assert "no metrics logged yet" in store.missing_metrics() and not store.has_started()
+    _start_event(run, None)
+    assert loaded(run).has_started()
+    (run / schema.METRICS_FILE).write_bytes(b"not json\n")
+    assert "no usable line in metrics.jsonl (1 bad line(s)" in loaded(run).missing_metrics()
+    write(run, [record(1)])
+    assert loaded(run).missing_metrics() is None

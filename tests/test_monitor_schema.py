@@ -22,6 +22,9 @@ def metric(i, **kw):
 EVENTS = [
     dict(step=0, kind="start", message="go", world_size=8, layout=dict(tp=2, pp=2, dp=2, vpp=None)),
     dict(step=5, kind="checkpoint_saved", message="", path="/ckpt/iter_5"),
+    dict(step=5, kind="checkpoint_corrupt", message="size differs from the manifest", path="/ckpt/iter_5",
+         file="__0_0.distcp"),
+    dict(step=5, kind="checkpoint_fallback", message="resuming from an older checkpoint"),
     dict(step=7, kind="spike", message="loss spike", loss=float("nan"), grad_norm=float("inf"),
          baseline_loss=2.4, baseline_grad_norm=1.1, action="rollback"),
     dict(step=7, kind="rollback", message="", path="/ckpt/iter_5", to_step=5),

@@ -1,7 +1,9 @@
-"""glm-prep end to end: tokenizer, tokenisation read back by megatron-core, bad input, shards."""
+"""glm-prep end to end: tokenizer, tokenisation read back by megatron-core, bad input, damaged
+files, shards, the recorded dataset kind, and every subcommand on missing or empty input."""
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,17 +106,6 @@ def test_bad_records_are_skipped_counted_and_located(tmp_path, demo_tokenizer):
     assert [demo_tokenizer.decode(dataset[i][:-1]) for i in range(20)] == [f"good document {i}" for i in range(20)]
 
 
-def test_truncated_zst_keeps_the_documents_before_the_damage(tmp_path, demo_tokenizer):
-    lines = [json.dumps({"text": f"document number {i} " * 20}).encode() for i in range(2000)]
-    data = zstandard.ZstdCompressor().compress(b"\n".join(lines) + b"\n")
-    source = tmp_path / "cut.jsonl.zst"
-    source.write_bytes(data[: len(data) // 2])
-    stats = tokenize(TokenizeOptions([str(source)], str(tmp_path / "out"), progress=False), demo_tokenizer)
-    report = stats["files"][str(source)]
-    assert 0 < stats["documents"] < 2000 and report["skipped"] >= 1
-    assert "truncated zstd" in report["skips"][-1]["reason"]
-
-
 def test_too_many_errors_fail_and_publish_nothing(tmp_path, demo_tokenizer):
     source = tmp_path / "mostly_bad.jsonl"
     _write_lines(source, [b"not json"] * 30 + [json.dumps({"text": "fine"}).encode()] * 10)
@@ -177,3 +168,223 @@ def test_inspect_shows_parts_positions_and_loss(demo_tokenizer, demo_datasets):
     assert "Part A" in out.stdout and "[MASK]" in out.stdout and "Part B span" in out.stdout
     assert "position ids" in out.stdout and "loss tokens" in out.stdout
     assert out.stderr.strip() == ""
+
+
+# --- damaged input files (through the console script) ---------------------------------------------
+
+
+def _run(*args):
+    return subprocess.run([GLM_PREP, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _published(folder):
+    """Dataset files glm-prep left in `folder` (its outputs, and any temporary file)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.suffix in (".bin", ".idx", ".json")
+                  or ".tmp" in p.name)
+
+
+@pytest.fixture
+def damaged(tmp_path):
+    """The demo corpus, damaged two ways: the WuDao records wrapped in an object instead of a
+    top-level array, and the Pile file cut to half its bytes (1,007 whole documents of 2,500)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    records = json.loads((DEMO_CORPUS / "wudao-demo.json").read_text(encoding="utf-8"))
+    wrapped = inputs / "wudao-wrapped.json"
+    wrapped.write_text(json.dumps({"data": records}, ensure_ascii=False), encoding="utf-8")
+    pile = (DEMO_CORPUS / "pile-demo.jsonl.zst").read_bytes()
+    cut = inputs / "trunc.jsonl.zst"
+    cut.write_bytes(pile[: len(pile) // 2])
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(pile).split(b"\n")
+    return {"wrapped": wrapped, "cut": cut, "cut_offset": sum(len(line) + 1 for line in lines[:1007])}
+
+
+def test_a_damaged_file_fails_the_job_naming_where_and_how_much_was_read(tmp_path, demo_tokenizer, damaged):
+    out = tmp_path / "out"
+    common = ["--output-prefix", out / "corpus", "--tokenizer-model", demo_tokenizer.model_file, "--quiet"]
+    both = _run("tokenize", "--input", damaged["wrapped"], damaged["cut"], *common)
+    assert both.returncode == 3, both.stderr
+    assert (f"glm-prep: {damaged['cut']}: damaged file: truncated zstd stream, at decompressed byte "
+            f"{damaged['cut_offset']:,} (line 1,008); read 1,007 documents") in both.stderr
+    assert "Nothing was published" in both.stderr and "--accept-damaged-files" in both.stderr
+    assert _published(out) == []
+    wrapped = _run("tokenize", "--input", damaged["wrapped"], *common)
+    assert wrapped.returncode == 3
+    assert (f"{damaged['wrapped']}: damaged file: not a JSON array (WuDao files hold one array of records); it "
+            f"starts with '{{', at byte 0 (record 0); read 0 documents (0 bytes) before it, "
+            f"{damaged['wrapped'].stat().st_size:,} bytes after it not read") in wrapped.stderr
+    assert _published(out) == []
+
+
+def test_an_accepted_damaged_file_is_recorded_with_what_was_lost(tmp_path, demo_tokenizer, damaged):
+    prefix = tmp_path / "cut"
+    r = _run("tokenize", "--input", damaged["cut"], "--output-prefix", prefix,
+             "--tokenizer-model", demo_tokenizer.model_file, "--quiet", "--accept-damaged-files")
+    assert r.returncode == 0, r.stderr
+    assert "truncated zstd stream" in r.stderr and "accepted (--accept-damaged-files)" in r.stderr
+    stats = json.loads(Path(f"{prefix}.stats.json").read_text())
+    damage = stats["damaged"][str(damaged["cut"])]
+    assert damage["reason"] == "truncated zstd stream" and damage["cut_short"] is True
+    assert (damage["documents_read"], damage["offset"], damage["location"]) == (1007, damaged["cut_offset"], 1008)
+    assert stats["files"][str(damaged["cut"])]["damage"] == damage
+    assert stats["documents"] == len(IndexedDataset(str(prefix))) == 1007
+    assert stats["lost_bytes"] == damage["lost_bytes"] > 0  # the cut last line
+
+
+def test_the_error_rate_counts_lost_bytes_not_records(tmp_path, demo_tokenizer, damaged):
+    """The wrapped WuDao file is one "bad record" among 1,009 but 71 % of the input bytes."""
+    out = tmp_path / "out"
+    r = _run("tokenize", "--input", damaged["wrapped"], damaged["cut"], "--output-prefix", out / "corpus",
+             "--tokenizer-model", demo_tokenizer.model_file, "--quiet", "--accept-damaged-files")
+    assert r.returncode == 3, r.stderr
+    assert "input bytes lost (71.4% > --max-error-rate 5.0%)" in r.stderr
+    assert f"most in {damaged['wrapped']}" in r.stderr and "2 damaged file(s)" in r.stderr
+    assert _published(out) == []
+
+
+def _parts(tmp_path, count=3, per_part=100):
+    documents = _documents(DEMO_CORPUS / "pile-demo.jsonl.zst", "pile")[: count * per_part]
+    files = []
+    for part in range(count):
+        path = tmp_path / f"part{part}.jsonl.gz"
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            for document in documents[part * per_part:(part + 1) * per_part]:
+                handle.write(json.dumps({"text": document.text}) + "\n")
+        files.append(path)
+    return files
+
+
+def test_a_failed_shard_cannot_be_merged_away(tmp_path, demo_tokenizer):
+    """Shard 1/2 holds a truncated file: it fails and publishes nothing, and merging the shards
+    that exist is refused instead of quietly dropping its files. Accepted, it merges, and the
+    merged record keeps the damage."""
+    files = _parts(tmp_path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])
+    common = ["--input", *files, "--tokenizer-model", demo_tokenizer.model_file, "--quiet"]
+    assert _run("tokenize", *common, "--shard", "0/2", "--output-prefix", tmp_path / "s.shard0").returncode == 0
+    failed = _run("tokenize", *common, "--shard", "1/2", "--output-prefix", tmp_path / "s.shard1")
+    assert failed.returncode == 3 and f"{files[1]}: damaged file: truncated gzip stream" in failed.stderr
+    assert not list(tmp_path.glob("s.shard1*"))
+    merge = _run("merge", "--input", tmp_path / "s.shard*", "--output-prefix", tmp_path / "merged")
+    assert merge.returncode == 2
+    assert "shard(s) 1/2 of the job that wrote" in merge.stderr and "missing from the merge (1 of 2 given)" in merge.stderr
+    assert not list(tmp_path.glob("merged*"))
+
+    accepted = _run("tokenize", *common, "--shard", "1/2", "--output-prefix", tmp_path / "s.shard1",
+                    "--accept-damaged-files")
+    assert accepted.returncode == 0, accepted.stderr
+    merge = _run("merge", "--input", tmp_path / "s.shard*", "--output-prefix", tmp_path / "merged")
+    assert merge.returncode == 0, merge.stderr
+    merged = json.loads((tmp_path / "merged.stats.json").read_text())
+    assert merged["kind"] == "text" and list(merged["damaged"]) == [str(files[1])]
+    assert merged["documents"] == len(IndexedDataset(str(tmp_path / "merged"))) > 200
+
+
+def test_the_same_shard_twice_is_refused(tmp_path, demo_tokenizer):
+    files = _parts(tmp_path, count=2)
+    common = ["--input", *files, "--tokenizer-model", demo_tokenizer.model_file, "--quiet", "--shard", "0/2"]
+    for name in ("a", "b"):
+        assert _run("tokenize", *common, "--output-prefix", tmp_path / name).returncode == 0
+    merge = _run("merge", "--input", tmp_path / "a", tmp_path / "b", "--output-prefix", tmp_path / "merged")
+    assert merge.returncode == 2 and "are both shard 0/2 of one job" in merge.stderr
+    assert not list(tmp_path.glob("merged*"))
+
+
+# --- the recorded dataset kind --------------------------------------------------------------------
+
+
+def test_merge_refuses_text_with_instructions(tmp_path, demo_datasets):
+    r = _run("merge", "--input", demo_datasets["pile"], demo_datasets["mip"], "--output-prefix", tmp_path / "mixed")
+    assert r.returncode == 2
+    assert (f"cannot merge {demo_datasets['pile']}.stats.json (kind 'text') with {demo_datasets['mip']}.stats.json "
+            "(kind 'mip')") in r.stderr
+    assert not list(tmp_path.glob("mixed*"))
+    ok = _run("merge", "--input", demo_datasets["pile"], demo_datasets["wudao"], "--output-prefix", tmp_path / "text")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "text.stats.json").read_text())["kind"] == "text"
+
+
+@pytest.mark.parametrize("dataset, kind, fits", [("pile", "mip", "--kind mask or --kind gmask"),
+                                                 ("mip", "mask", "--kind mip"), ("mip", "gmask", "--kind mip")])
+def test_inspect_refuses_samples_of_another_kind(demo_tokenizer, demo_datasets, dataset, kind, fits):
+    r = _run("inspect", "--data-prefix", demo_datasets[dataset], "--tokenizer-model", demo_tokenizer.model_file,
+             "--kind", kind, "--seq-length", "512")
+    assert r.returncode == 2 and r.stdout == ""
+    recorded = "mip" if dataset == "mip" else "text"
+    assert f"{demo_datasets[dataset]} is a {recorded} dataset (recorded in" in r.stderr and f"use {fits}" in r.stderr
+
+
+def test_inspect_of_a_dataset_without_a_record_goes_on_with_a_note(tmp_path, demo_tokenizer, demo_datasets):
+    for suffix in (".bin", ".idx"):  # an older dataset: no stats.json
+        shutil.copy(demo_datasets["mip"] + suffix, tmp_path / f"old{suffix}")
+    r = _run("inspect", "--data-prefix", tmp_path / "old", "--tokenizer-model", demo_tokenizer.model_file,
+             "--kind", "mip", "--seq-length", "512")
+    assert r.returncode == 0, r.stderr
+    assert "Part A" in r.stdout and "its kind (text or mip) is not recorded" in r.stderr
+    (tmp_path / "old.stats.json").write_text('{"kind": "instruction"}')  # what glm-prep wrote before "mip"
+    r = _run("inspect", "--data-prefix", tmp_path / "old", "--tokenizer-model", demo_tokenizer.model_file,
+             "--kind", "mask", "--seq-length", "512")
+    assert r.returncode == 2 and "is a mip dataset" in r.stderr
+
+
+def test_merge_of_a_dataset_without_a_record_goes_on_with_a_note(tmp_path, demo_datasets):
+    for suffix in (".bin", ".idx"):
+        shutil.copy(demo_datasets["wudao"] + suffix, tmp_path / f"old{suffix}")
+    r = _run("merge", "--input", demo_datasets["pile"], tmp_path / "old", "--output-prefix", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr
+    assert f"note: {tmp_path / 'old'}: no old.stats.json" in r.stderr and "its kind cannot be checked" in r.stderr
+    assert json.loads((tmp_path / "merged.stats.json").read_text())["kind"] is None  # not claimed for the whole
+
+
+# --- every subcommand on a missing or an empty input ----------------------------------------------
+
+
+def _empty_dataset(prefix):
+    writer = IndexedDatasetWriter(str(prefix), np.uint16)
+    writer.finish()
+
+
+@pytest.mark.parametrize("case", ["train-tokenizer missing", "tokenize missing", "merge missing", "inspect missing",
+                                  "train-tokenizer empty", "tokenize empty", "merge empty", "inspect empty"])
+def test_every_subcommand_on_a_missing_or_empty_input(tmp_path, demo_tokenizer, case):
+    command, what = case.split()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    out = tmp_path / "out"
+    if command in ("train-tokenizer", "tokenize"):
+        path = inputs / "data.json"
+        if what == "empty":
+            path.write_bytes(b"")
+        args = {"train-tokenizer": ["--model-prefix", out / "tok"],
+                "tokenize": ["--output-prefix", out / "data", "--tokenizer-model", demo_tokenizer.model_file]}[command]
+        r = _run(command, "--input", path, *args, "--quiet")
+        expected = (3, f"{path}: damaged file: the file is empty") if what == "empty" else \
+            (2, f"{path}: cannot read this input file (missing or no permission)")
+    else:
+        prefix = inputs / "data"
+        if what == "empty":
+            if command == "merge":
+                (inputs / "data.bin").write_bytes(b"")
+                (inputs / "data.idx").write_bytes(b"")
+            else:
+                _empty_dataset(prefix)
+        args = {"merge": ["--input", prefix, "--output-prefix", out / "merged"],
+                "inspect": ["--data-prefix", prefix, "--tokenizer-model", demo_tokenizer.model_file]}[command]
+        r = _run(command, *args)
+        expected = {("merge", "missing"): (2, f"{prefix}: no complete .bin/.idx pair to merge"),
+                    ("merge", "empty"): (2, f"{prefix}.idx is not a megatron-core index (bad or truncated header)"),
+                    ("inspect", "missing"): (2, f"{prefix}.bin: no such file"),
+                    ("inspect", "empty"): (2, f"{prefix} holds no documents")}[command, what]
+    assert (r.returncode, r.stderr.count("glm-prep: ")) == (expected[0], 1), r.stderr
+    assert f"glm-prep: {expected[1]}" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() or _published(out) == []
+
+
+def test_a_job_without_any_document_publishes_nothing(tmp_path, demo_tokenizer):
+    """Every record filtered out (a subset name misspelled): an empty dataset would only fail later."""
+    r = _run("tokenize", "--input", DEMO_CORPUS / "pile-demo.jsonl.zst", "--include-subsets", "Pile-Cc",
+             "--output-prefix", tmp_path / "out" / "pile", "--tokenizer-model", demo_tokenizer.model_file, "--quiet")
+    assert r.returncode == 2
+    assert "glm-prep: no documents in 1 input file(s) (2500 filtered by subset): nothing to publish" in r.stderr
+    assert _published(tmp_path / "out") == []

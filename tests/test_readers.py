@@ -1,4 +1,5 @@
-"""data_prep.readers: every format's happy path, and bad input skipped with its exact location."""
+"""data_prep.readers: every format's happy path, bad records skipped with their exact location and
+size, and damage that ends a file reported with where the readable data stops and what is lost."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import zstandard
 
 from data_prep import readers
-from data_prep.readers import Document, Skip, UnreadableInput, guess_format, read_documents
+from data_prep.readers import Damage, Document, Skip, UnreadableInput, guess_format, read_documents
 
 
 def _jsonl(records) -> bytes:
@@ -27,6 +28,12 @@ def _docs(items):
 
 def _skips(items):
     return [(s.location, s.reason) for s in items if isinstance(s, Skip)]
+
+
+def _damage(items) -> Damage:
+    """The Damage that ends `items` (it must be the last item, and the only one)."""
+    assert isinstance(items[-1], Damage) and not any(isinstance(i, Damage) for i in items[:-1]), items[-3:]
+    return items[-1]
 
 
 def _pile_records(n):
@@ -163,12 +170,12 @@ def test_pile_subset_filters_count_and_are_not_skips(tmp_path):
     counters = {}
     items = _read(path, "pile", include_subsets=["Pile-CC", "ArXiv"], counters=counters)
     assert [(d.text, d.location) for d in items] == [("cc", 1), ("arxiv", 5)]
-    assert counters == {"filtered": 3}
+    assert counters == {"filtered": 3, "bytes": os.path.getsize(path)}
 
     counters = {"filtered": 10}
     items = _read(path, "pile", exclude_subsets=["Github"], counters=counters)
     assert [d.text for d in _docs(items)] == ["cc", "none", "arxiv"]
-    assert counters == {"filtered": 12}
+    assert counters["filtered"] == 12
     assert _skips(items) == []
 
     assert [d.text for d in _read(path, "pile", exclude_subsets=["Github"])] == ["cc", "none", "arxiv"]
@@ -179,7 +186,7 @@ def test_subsets_ignored_for_other_formats_and_unknown_format_rejected(tmp_path)
     path.write_bytes(_jsonl([{"text": "a", "meta": {"pile_set_name": "A"}}]))
     counters = {}
     items = _read(path, "jsonl", include_subsets=["B"], exclude_subsets=["A"], counters=counters)
-    assert items == [Document("a", str(path), 1)] and counters == {}
+    assert items == [Document("a", str(path), 1)] and counters["filtered"] == 0
     with pytest.raises(ValueError, match="unknown format"):
         read_documents(str(path), "parquet")
 
@@ -214,10 +221,16 @@ def test_bad_lines_are_skipped_with_line_numbers(tmp_path):
     ]
     assert skips[6][0] == 9 and "lone surrogate" in skips[6][1]
     assert len(skips) == 7
+    assert [s.size for s in items if isinstance(s, Skip)][:3] == [18, 17, 24]  # the line with its newline
 
 
 def _many_lines(n):
     return _jsonl({"text": f"line {i} " + "lorem ipsum " * (i % 7)} for i in range(n))
+
+
+def _read_bytes_of(data: bytes, docs) -> int:
+    """Bytes of `data` up to the end of the line of the last of `docs`."""
+    return sum(len(line) + 1 for line in data.split(b"\n")[: len(docs)])
 
 
 def test_truncated_zst_yields_lines_before_the_cut(tmp_path):
@@ -226,21 +239,26 @@ def test_truncated_zst_yields_lines_before_the_cut(tmp_path):
     path = tmp_path / "cut.jsonl.zst"
     path.write_bytes(compressed[: len(compressed) // 2])
     items = _read(path, "pile")  # no exception
-    assert isinstance(items[-1], Skip) and items[-1].reason == "truncated zstd stream"
+    damage = _damage(items)
+    assert damage.reason == "truncated zstd stream" and damage.cut_short and damage.unread == 0
     docs = items[:-1]
     assert all(isinstance(d, Document) for d in docs)
     assert 1000 < len(docs) < 19000
     assert [d.location for d in docs] == list(range(1, len(docs) + 1))
     assert [d.text for d in docs] == [json.loads(line)["text"] for line in data.splitlines()[: len(docs)]]
-    assert items[-1].location == len(docs) + 1
+    assert damage.location == len(docs) + 1
+    assert damage.offset == _read_bytes_of(data, docs)  # decompressed bytes of the lines read
 
 
-def test_corrupt_zst_is_a_skip(tmp_path):
+def test_corrupt_zst_is_damage(tmp_path):
     path = tmp_path / "garbage.jsonl.zst"
-    path.write_bytes(zstandard.ZstdCompressor().compress(_jsonl([{"text": "ok"}])) + b"not zstd at all")
+    good = _jsonl([{"text": "ok"}])
+    path.write_bytes(zstandard.ZstdCompressor().compress(good) + b"not zstd at all")
     items = _read(path, "pile")
     assert items[0] == Document("ok", str(path), 1)
-    assert items[1].location == 2 and items[1].reason.startswith("corrupt zstd stream")
+    damage = _damage(items)
+    assert damage.location == 2 and damage.reason.startswith("corrupt zstd stream")
+    assert damage.offset == len(good) and not damage.cut_short
     assert len(items) == 2
 
 
@@ -250,35 +268,120 @@ def test_truncated_gz_yields_lines_before_the_cut(tmp_path):
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(compressed[: len(compressed) // 2])
     items = _read(path, "pile")
-    assert isinstance(items[-1], Skip) and items[-1].reason == "truncated gzip stream"
+    damage = _damage(items)
+    assert damage.reason == "truncated gzip stream" and damage.cut_short
     docs = items[:-1]
     assert all(isinstance(d, Document) for d in docs) and len(docs) > 1000
     assert [d.location for d in docs] == list(range(1, len(docs) + 1))
-    assert items[-1].location == len(docs) + 1
+    assert damage.location == len(docs) + 1 and damage.offset == _read_bytes_of(data, docs)
 
 
-def test_not_gzip_is_a_skip(tmp_path):
+def test_corrupt_zst_in_the_middle_estimates_what_is_unread(tmp_path):
+    """A frame header overwritten mid-file: the rest is on disk but cannot be decoded; its size
+    after decompression is estimated from the compression ratio so far."""
+    parts = [_many_lines(20000) for _ in range(4)]
+    frames = [zstandard.ZstdCompressor(level=1).compress(part) for part in parts]
+    frames[2] = b"\0\0\0\0" + frames[2][4:]
+    path = tmp_path / "flipped.jsonl.zst"
+    path.write_bytes(b"".join(frames))
+    items = _read(path, "pile")
+    damage = _damage(items)
+    assert damage.reason.startswith("corrupt zstd stream") and not damage.cut_short
+    assert len(_docs(items)) == 40000 and damage.offset == len(parts[0]) + len(parts[1])
+    lost = len(parts[2]) + len(parts[3])
+    assert 0.5 * lost < damage.unread < 1.5 * lost, (damage, lost)
+
+
+def test_not_gzip_is_damage_at_byte_0(tmp_path):
     path = tmp_path / "fake.jsonl.gz"
     path.write_bytes(_jsonl([{"text": "plain"}]))
-    assert _skips(_read(path, "pile"))[0][0] == 1
-    assert _skips(_read(path, "pile"))[0][1].startswith("corrupt gzip stream")
+    damage = _damage(_read(path, "pile"))
+    assert (damage.location, damage.offset) == (1, 0) and damage.reason.startswith("corrupt gzip stream")
+    assert damage.unread == os.path.getsize(path)  # nothing decoded: the whole file is lost
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", gzip.compress(b""), zstandard.ZstdCompressor().compress(b"")])
+def test_empty_file_is_damage(tmp_path, content):
+    """No record at all is what an interrupted download or copy leaves: not an empty corpus."""
+    suffix = ".jsonl.gz" if content[:2] == b"\x1f\x8b" else ".jsonl.zst" if content[:4] == b"(\xb5/\xfd" else ".jsonl"
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(content)
+    [damage] = _read(path, "pile")
+    assert damage.reason.startswith("the file is empty") and damage.cut_short and damage.offset == 0
+
+
+def test_plain_jsonl_cut_inside_its_last_record_is_damage(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    whole = _jsonl([{"text": "one"}, {"text": "two"}])
+    path.write_bytes(whole + b'{"text": "thr')
+    items = _read(path, "pile")
+    assert [d.text for d in _docs(items)] == ["one", "two"]
+    damage = _damage(items)
+    assert (damage.location, damage.offset, damage.unread, damage.cut_short) == (3, len(whole), 0, True)
+    assert "ends inside a record" in damage.reason
+    path.write_bytes(whole + b'{"text": "three"}')  # a complete last record without a newline is fine
+    assert [d.text for d in _read(path, "pile")] == ["one", "two", "three"]
+
+
+class _BadSector:
+    """A stream that returns `first` and then fails as a disk with a bad sector does."""
+
+    def __init__(self, first: bytes):
+        self.first = first
+
+    def read1(self, size: int) -> bytes:
+        if self.first is None:
+            raise OSError(5, "Input/output error")
+        block, self.first = self.first, None
+        return block
+
+    def close(self) -> None:
+        pass
+
+
+def test_read_error_is_damage_after_the_data_before_it(tmp_path, monkeypatch):
+    path = tmp_path / "eio.jsonl"
+    good = _jsonl(_pile_records(3))
+    path.write_bytes(good + _jsonl(_pile_records(2)))
+    opened = readers._Input.__init__
+
+    def open_then_fail(self, name):
+        opened(self, name)
+        self.stream = _BadSector(self.raw.read(len(good)))
+
+    monkeypatch.setattr(readers._Input, "__init__", open_then_fail)
+    items = _read(path, "pile")
+    assert [d.text for d in _docs(items)] == ["document 0", "document 1", "document 2"]
+    damage = _damage(items)
+    assert damage.reason == "read error: Input/output error" and damage.offset == len(good)
+    assert damage.unread == os.path.getsize(path) - len(good) and not damage.cut_short
 
 
 # --- bad WuDao files ---------------------------------------------------------------------------
 
 
 def test_wudao_object_instead_of_array(tmp_path):
+    """The demo's records wrapped in an object: the whole file is lost, not one record."""
     path = tmp_path / "obj.json"
-    path.write_text('  {"title": "t", "content": "c"}')
+    path.write_text('  {"data": [{"title": "t", "content": "c"}]}')
     assert _read(path, "wudao") == [
-        Skip(str(path), 0, "not a JSON array (WuDao files hold one array of records)")]
+        Damage(str(path), 0, "not a JSON array (WuDao files hold one array of records); it starts with '{'",
+               offset=2, unread=0, cut_short=False)]
+
+
+def test_wudao_object_instead_of_array_in_a_big_file_counts_what_was_not_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "_CHUNK", 1024)
+    path = tmp_path / "obj.json"
+    path.write_text(json.dumps({"data": [{"content": "x" * 100}] * 100}))
+    damage = _damage(_read(path, "wudao"))
+    assert (damage.offset, damage.unread) == (0, os.path.getsize(path) - 1024)
 
 
 def test_wudao_empty_file(tmp_path):
     path = tmp_path / "empty.json"
     path.write_text("\n")
-    [skip] = _read(path, "wudao")
-    assert skip.location == 0 and skip.reason.startswith("not a JSON array")
+    [damage] = _read(path, "wudao")
+    assert damage.location == 0 and damage.reason.startswith("the file is empty") and damage.cut_short
 
 
 def test_wudao_truncated_array(tmp_path):
@@ -289,24 +392,30 @@ def test_wudao_truncated_array(tmp_path):
     path.write_text(text[:cut])
     items = _read(path, "wudao")
     assert [d.location for d in items[:-1]] == list(range(30))
-    assert items[-1] == Skip(str(path), 30, "truncated JSON array after record 29")
+    record_30 = text.rindex("{", 0, cut)
+    assert items[-1] == Damage(str(path), 30, "truncated JSON array after record 29", offset=record_30,
+                               unread=0, cut_short=True)
 
     path.write_text(text[: text.index("{")])  # "[" and nothing else
-    assert _read(path, "wudao") == [Skip(str(path), 0, "truncated JSON array before the first record")]
+    assert _read(path, "wudao") == [Damage(str(path), 0, "truncated JSON array before the first record",
+                                           offset=text.index("{"), unread=0, cut_short=True)]
 
 
 def test_wudao_bad_records_are_skipped_alone(tmp_path):
     path = tmp_path / "recs.json"
-    path.write_text(json.dumps([
+    records = [
         {"title": "a", "content": "A"},
         {"title": "no content"},
         {"title": "b", "content": ""},
         "a string",
         {"title": "c", "content": 7},
         {"content": "D"},
-    ], indent=1))
+    ]
+    path.write_text(json.dumps(records, indent=1))
     items = _read(path, "wudao")
     assert [(d.text, d.location) for d in _docs(items)] == [("a\nA", 0), ("D", 5)]
+    nested = [json.dumps(r, indent=1).replace("\n", "\n ").encode() for r in records]  # as inside the array
+    assert [s.size for s in items if isinstance(s, Skip)] == [len(nested[i]) for i in (1, 2, 3, 4)]
     assert _skips(items) == [
         (1, "missing key 'content'"),
         (2, "empty text"),
@@ -320,9 +429,10 @@ def test_wudao_malformed_json_stops_the_file(tmp_path):
     path.write_text('[{"content": "a"}, {"content": "b" "x": 1}, {"content": "c"}]')
     items = _read(path, "wudao")
     assert items[0] == Document("a", str(path), 0)
-    assert items[1].location == 1
-    assert "malformed JSON in record 1" in items[1].reason and "rest of file skipped" in items[1].reason
-    assert len(items) == 2
+    damage = _damage(items)
+    assert damage.location == 1 and damage.offset == len('[{"content": "a"}, ')
+    assert "malformed JSON in record 1" in damage.reason and "rest of file skipped" in damage.reason
+    assert damage.unread == 0 and len(items) == 2  # the small file was read whole (one chunk)
 
 
 def test_wudao_invalid_utf8_stops_after_good_records(tmp_path):
@@ -332,7 +442,8 @@ def test_wudao_invalid_utf8_stops_after_good_records(tmp_path):
     items = _read(path, "wudao")
     assert items == [
         Document("正常", str(path), 0),
-        Skip(str(path), 1, f"invalid UTF-8 at byte offset {len(good) + 16}"),
+        Damage(str(path), 1, f"invalid UTF-8 at byte offset {len(good) + 16}", offset=len(good), unread=0,
+               cut_short=False),
     ]
 
 
@@ -343,7 +454,7 @@ def test_wudao_runaway_record_is_bounded(tmp_path, monkeypatch):
     path.write_text('[{"content": "ok"}, {"content": "no closing quote ' + "z" * 20000 + "}]")
     items = _read(path, "wudao")
     assert items[0] == Document("ok", str(path), 0)
-    assert items[1].location == 1 and "still incomplete" in items[1].reason
+    assert _damage(items).location == 1 and "still incomplete" in items[1].reason
     assert len(items) == 2
 
 
@@ -352,7 +463,8 @@ def test_wudao_trailing_data_is_reported(tmp_path):
     path.write_text('[{"content": "a"}]\n[{"content": "b"}]')
     assert _read(path, "wudao") == [
         Document("a", str(path), 0),
-        Skip(str(path), 1, "unexpected data after the closing ']' (ignored)"),
+        Damage(str(path), 1, "unexpected data after the closing ']' (not read)", offset=19, unread=0,
+               cut_short=False),
     ]
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from megatron_glm.monitor import spikes as spikes_mod
 from megatron_glm.monitor.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
+from megatron_glm.monitor.synthetic import early_fall, series
 
 N_STEPS = 20_000
 NOISES = (0.02, 0.03, 0.05)
@@ -189,6 +190,25 @@ def test_grad_norm_optional():
     assert a[0].grad_norm is None and b[0].grad_norm is None
 
 
+# 3b. a falling baseline (synthetic.early_fall: 5.0 -> 3.1 over the first 150 steps)
+@pytest.mark.parametrize("noise", (0.0, 0.01, 0.03, 0.05))
+def test_jump_right_after_a_steady_early_fall_is_caught(noise):
+    """+48 % at step 150: the EWM mean lags the fall (~3.4 against a curve at 3.1), and a variance
+    taken around that mean (0.4-0.5 std, all lag) once put the jump under 5 sigma."""
+    for seed in SEEDS:
+        t, loss, gn = series(early_fall(seed=seed, noise=noise), spikes=[150], loss_factor=1.48, grad_factor=1.0)
+        spikes = detect_spikes(t, loss, gn)
+        assert [(s.step, s.reason) for s in spikes] == [(150, "loss")], (seed, [s.as_dict() for s in spikes])
+        assert spikes[0].baseline_loss > 3.2  # the mean still lags: the jump is caught despite it
+
+
+@pytest.mark.parametrize("noise", (0.01, 0.03, 0.05))
+def test_steady_early_fall_alone_raises_no_alarm(noise):
+    for seed in SEEDS:
+        t, loss, gn = series(early_fall(steps=N_STEPS, seed=seed, noise=noise))
+        assert detect_spikes(t, loss, gn) == [], seed
+
+
 # 4. online == offline; resume from state_dict
 def _injected(seed=11, noise=0.03, n=N_STEPS):
     t, loss, gn, rng = clean_series(n, seed, noise)
@@ -270,6 +290,24 @@ def test_state_dict_resume_gives_identical_decisions():
         for a, b, c in zip(t[cut:], loss[cut:], gn[cut:]):  # the JSON round trip itself is exact
             det.update(int(a), float(b), float(c))
         assert resumed.state_dict() == det.state_dict()
+
+
+def test_version_1_state_still_loads():
+    """Checkpoints written before the noise variance hold a version-1 state: it loads, with its
+    variance around the mean as the starting noise variance, and decisions go on."""
+    v1 = {"n_loss": 500, "mean_loss": 3.0, "var_loss": 0.0004, "n_grad_norm": 500, "mean_grad_norm": 1.0, "run": 0,
+          "run_mean_loss": 0.0, "run_m2_loss": 0.0, "run_n_grad_norm": 0, "run_mean_grad_norm": 0.0,
+          "last_step": 499, "version": 1, "rule": {}}
+    det = SpikeDetector()
+    det.load_state_dict(v1)
+    sd = det.state_dict()
+    assert sd["version"] == 2 and "var_loss" not in sd
+    assert (sd["n_loss"], sd["mean_loss"], sd["noise_var_loss"], sd["last_loss"]) == (500, 3.0, 0.0004, 3.0)
+    assert det.last_step == 499 and det.baseline_grad_norm == 1.0
+    assert det.update(500, 3.01, 1.0) is None
+    assert det.update(501, 4.5, 1.0).reason == "loss"
+    with pytest.raises(ValueError, match="version 3"):
+        det.load_state_dict({**sd, "version": 3})
 
 
 def test_state_dict_of_fresh_detector_roundtrips():
@@ -363,6 +401,8 @@ def _long_series(kind: str, seed: int, n: int = 12_000):
         gn[rng.choice(n, n // 20, replace=False)] *= 40.0
     elif kind == "loss-only":
         return t, loss, None
+    elif kind == "early-fall":  # falling fast at the start, a jump right after the fall
+        return series(early_fall(n, seed=seed), spikes=[150, 4000], loss_factor=1.48, grad_factor=1.0)
     elif kind == "grad-holes":  # grad norm logged every 3rd step, some NaN, none for the first 4000
         holes = [None if i % 3 or i < 4000 else float(g) for i, g in enumerate(gn)]
         for i in rng.choice(np.arange(4002, n, 3), 10, replace=False):
@@ -371,7 +411,7 @@ def _long_series(kind: str, seed: int, n: int = 12_000):
     return t, loss, gn
 
 
-LONG_KINDS = ("injected", "level-shifts", "non-finite", "dense", "loss-only", "grad-holes")
+LONG_KINDS = ("injected", "level-shifts", "non-finite", "dense", "loss-only", "grad-holes", "early-fall")
 LONG_RULES = (SpikeRule(), SpikeRule(alpha=0.05, warmup_steps=5, max_consecutive=10),
               SpikeRule(max_consecutive=0), SpikeRule(alpha=0.01, warmup_steps=200, loss_sigmas=3.0),
               SpikeRule(alpha=0.3, grad_norm_ratio=3.0), SpikeRule(alpha=0.6))

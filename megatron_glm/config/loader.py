@@ -173,27 +173,22 @@ def _apply_override(source: _Source, override: str, problems: List[str]) -> None
 
 def load_run_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a run config from a preset name or YAML file, apply overrides; raises ConfigError."""
-    source = _load_source(spec)
-    problems: List[str] = []
-    if not isinstance(source.data, dict):
-        raise ConfigError([f"{source.name}: expected a mapping at the top level"])
-    _expand_model_preset(source, problems)
-    for override in overrides:
-        _apply_override(source, override, problems)
-    config = _build(RunConfig, source.data, "", source, problems)
-    if problems:
-        raise ConfigError(problems)
-    return config
+    return _from_source(RunConfig, _load_source(spec), overrides)
 
 
 def load_dataclass_file(cls: Any, path: Path, overrides: Sequence[str] = ()) -> Any:
     """An instance of dataclass `cls` from a YAML file plus dotted overrides (cluster profiles and
     other configs outside RunConfig), with the same errors: file:line, or the override as given.
     Problems of the built object (beyond types and names) are the caller's to check."""
-    source = _Source.from_file(Path(path))
+    return _from_source(cls, _Source.from_file(Path(path)), overrides)
+
+
+def _from_source(cls: Any, source: _Source, overrides: Sequence[str]) -> Any:
     if not isinstance(source.data, dict):
         raise ConfigError([f"{source.name}: expected a mapping at the top level"])
     problems: List[str] = []
+    if cls is RunConfig:
+        _expand_model_preset(source, problems)
     for override in overrides:
         _apply_override(source, override, problems)
     built = _build(cls, source.data, "", source, problems)

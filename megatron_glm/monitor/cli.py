@@ -7,7 +7,8 @@ and a self-contained HTML report.
 
 RUN is a run directory written by ``glm-train`` (metrics.jsonl, events.jsonl, config.yaml) or a
 Megatron-LM text log file. Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input
-(missing run, unwritable output). The spike rule is the trainer's (megatron_glm.monitor.spikes).
+(missing run, no metrics recognised in it, unwritable output). The spike rule is the trainer's
+(megatron_glm.monitor.spikes).
 """
 
 from __future__ import annotations
@@ -23,18 +24,31 @@ from megatron_glm.monitor.run import RunStore
 log = logging.getLogger("glm-monitor")
 
 
-def _load(paths: list[str], background: bool) -> list[RunStore]:
+class NoMetrics(Exception):
+    """A RUN in which nothing was recognised as metrics (exit 2): a wrong path must not pass for a
+    quiet run, or a cron alert aimed at it would stay silent forever."""
+
+
+def _load(paths: list[str], background: bool, started_is_enough: bool = False) -> list[RunStore]:
+    """Load every run; NoMetrics for one without a metric row. ``started_is_enough``: a run
+    directory whose trainer has started (a start event) but not logged a step yet is accepted."""
     stores = [RunStore(p) for p in paths]  # raises FileNotFoundError naming the path before any work
     for store in tqdm(stores, desc="loading runs", unit="run", disable=None, leave=False):
         store.load(background=background)
         log.info("%s: %d rows in %.2f s (%d bad lines)", store.path, store.n, store.load_seconds, store.bad_lines)
+        reason = store.missing_metrics()
+        if reason and not (started_is_enough and store.has_started()):
+            raise NoMetrics(reason)
+        if reason:
+            print(f"glm-monitor: note: {store.path}: no metrics yet, but its trainer has started (a start event): "
+                  "they appear as they are logged", file=sys.stderr)
     return stores
 
 
 def cmd_serve(args) -> int:
     from megatron_glm.monitor.server import LOOPBACK_NAMES, DashboardServer
 
-    stores = _load(args.runs, background=True)
+    stores = _load(args.runs, background=True, started_is_enough=True)
     if args.host not in LOOPBACK_NAMES:
         print(f"glm-monitor: warning: listening on {args.host}: anyone who can reach this host can read "
               "these runs' metrics (use --host 127.0.0.1 and an SSH tunnel instead)", file=sys.stderr)
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NoMetrics) as e:
         print(f"glm-monitor: error: {e}", file=sys.stderr)
         return 2
 

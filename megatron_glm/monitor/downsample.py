@@ -38,6 +38,24 @@ def envelope(x: np.ndarray, y: np.ndarray, width: int) -> dict:
             "mean": mean, "count": count}
 
 
+def insert_points(view: dict, points: list[tuple[float, float]]) -> dict:
+    """``view`` (an ``envelope`` result) with single (x, y) points inserted in x order: values that
+    are not rows of the metrics file (the step-0 validation loss of a start event). In a bucketed
+    view each point is a bucket of its own (lo = hi = mean = y, count 1)."""
+    points = sorted(points)
+    xs = np.array([p[0] for p in points], dtype=np.float64)
+    ys = np.array([p[1] for p in points], dtype=np.float64)
+    at = np.searchsorted(view["x"], xs)
+    out = {"x": np.insert(np.asarray(view["x"], dtype=np.float64), at, xs)}
+    if "y" in view:
+        out["y"] = np.insert(view["y"], at, ys)
+        return out
+    for k in ("lo", "hi", "mean"):
+        out[k] = np.insert(view[k], at, ys)
+    out["count"] = np.insert(view["count"], at, 1)
+    return out
+
+
 def bucket_points(items: list[dict], lo: float, hi: float, width: int, severity) -> list[dict]:
     """Discrete markers (dicts with "step") within [lo, hi]; if there are more than ``width``, keep
     the most severe per step bucket, with "count" = how many markers that bucket holds."""

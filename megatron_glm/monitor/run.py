@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from megatron_glm.monitor import schema
-from megatron_glm.monitor.downsample import bucket_points, envelope
+from megatron_glm.monitor.downsample import bucket_points, envelope, insert_points
 from megatron_glm.monitor.spikes import SpikeDetector, SpikeRule
 from megatron_glm.monitor.textlog import TextLogParser
 
@@ -138,6 +138,7 @@ class RunStore:
         self.config_error: str | None = None
         self._config_mtime = None
         self._text = TextLogParser() if self.kind == "textlog" else None
+        self.text_lines = 0  # lines of a text log read so far
         self._pending_val: dict[int, float] = {}
         self.version = 0
         self.load_seconds = math.nan
@@ -193,9 +194,13 @@ class RunStore:
         self._count_bad(chunk)
         self.metrics_offset = self._phase1_offset = chunk.next_offset
         data = chunk.data
-        valid = np.flatnonzero(np.isfinite(data["step"]))
-        self.bad_lines += len(data["step"]) - len(valid)  # a line whose step is not a number
-        keep = self._ingest(data["step"][valid], data["loss"][valid], data["grad_norm"][valid], {})
+        # NOT_LOGGED marks a missing or null value: a step then cannot be placed (a bad line, e.g. a
+        # JSON line of another program), and a loss reads as NaN, as the tail path reads it.
+        steps = np.where(data["step"] == NOT_LOGGED, np.nan, data["step"])
+        loss = np.where(data["loss"] == NOT_LOGGED, np.nan, data["loss"])
+        valid = np.flatnonzero(np.isfinite(steps))
+        self.bad_lines += len(steps) - len(valid)  # a line whose step is not a number
+        keep = self._ingest(steps[valid], loss[valid], data["grad_norm"][valid], {})
         self._phase1_keep, self._phase1_rows, self._phase1_prefix = valid[keep], len(data["step"]), self.n
         self.pending_keys = tuple(k for k in self._metrics_dir_keys() if k not in PHASE1_KEYS)
         for k in self.pending_keys:
@@ -321,6 +326,7 @@ class RunStore:
         end = data.rfind(b"\n") + 1
         self.metrics_offset += end
         records = []
+        self.text_lines += data.count(b"\n", 0, end)
         for line in data[:end].decode("utf-8", "replace").splitlines():
             parsed = self._text.parse(line)
             if parsed is None:
@@ -378,6 +384,35 @@ class RunStore:
             self.config_error = f"{where}: {getattr(e, 'problem', None) or e}"
 
     # ---------------------------------------------------------------- queries
+    def missing_metrics(self) -> str | None:
+        """Why there is no metric row to show, or None if there is one: what glm-monitor says when
+        pointed at the wrong file, or at a run that has not logged a step yet."""
+        with self._lock:
+            if self.n:
+                return None
+            if self.kind == "textlog":
+                return (f"{self.path}: no metrics recognised in its {self.text_lines:,} line(s): expected a "
+                        "Megatron-LM log with lines like 'iteration 100/ 500000 | ... | lm loss: 2.345E+00 | ...', "
+                        "or pass a glm-train run directory")
+            if self.bad_lines:
+                first = f"; the first: {self.errors[0]}" if self.errors else ""
+                return (f"{self.path}: no usable line in {schema.METRICS_FILE} ({self.bad_lines} bad line(s){first}); "
+                        f"is this a glm-train run directory?")
+            return (f"{self.path}: no metrics logged yet ({schema.METRICS_FILE} is missing or empty): check the "
+                    "path, or run this again once the trainer has logged a step")
+
+    def has_started(self) -> bool:
+        """A trainer wrote a start or restart event here: metrics may simply not have come yet."""
+        with self._lock:
+            return any(e.get("kind") in ("start", "restart") for e in self.events)
+
+    def start_validation(self) -> list[tuple[float, float]]:
+        """(step, val_loss) of the start events: the trainer validates before its first step and puts
+        that reference loss on the start event, not in metrics.jsonl."""
+        with self._lock:
+            return [(float(e["step"]), float(e["val_loss"])) for e in self.events
+                    if e.get("kind") == "start" and _finite_number(e.get("val_loss"))]
+
     def spike_list(self) -> list[dict]:
         """Detector spikes with ratios and the trainer's action, plus trainer-reported spikes the
         detector did not flag (e.g. a run with other thresholds)."""
@@ -399,6 +434,7 @@ class RunStore:
         """Downsampled series for one chart view, with its spikes and (if asked) skipped/NaN-step markers."""
         with self._lock:
             steps = self.cols["step"].values
+            view = (lo, hi)
             lo = steps[0] if lo is None and len(steps) else (lo if lo is not None else 0)
             hi = steps[-1] if hi is None and len(steps) else (hi if hi is not None else 0)
             i0, i1 = int(np.searchsorted(steps, lo, "left")), int(np.searchsorted(steps, hi, "right"))
@@ -407,12 +443,21 @@ class RunStore:
             for k in keys:
                 if k in self.cols and k not in self.pending_keys:
                     out["keys"][k] = envelope(x, self.cols[k].values[i0:i1], width)
+            if "val_loss" in keys:
+                self._add_start_validation(out["keys"], *view)
             out["spikes"] = bucket_points(self.spike_list(), lo, hi, width // 4, _severity)
             out["markers"] = {name: bucket_points(self._increments(name), lo, hi, width // 4, lambda m: m["n"])
                               for name in ("skipped", "nan")
                               if markers and name in self.cols and name not in self.pending_keys}
             out["range"] = [float(x[0]), float(x[-1])] if len(x) else None  # actual first/last step
         return out
+
+    def _add_start_validation(self, views: dict, lo: float | None, hi: float | None) -> None:
+        """Put the start events' validation losses (step 0) into the val_loss view, if in range."""
+        points = [(s, v) for s, v in self.start_validation() if (lo is None or s >= lo) and (hi is None or s <= hi)]
+        if points:
+            empty = {"x": np.empty(0), "y": np.empty(0)}
+            views["val_loss"] = insert_points(views.get("val_loss", empty), points)
 
     def _increments(self, key: str) -> list[dict]:
         """Steps where a cumulative counter (skipped, nan) went up: the overflow/skipped-step marks."""
@@ -459,13 +504,20 @@ class RunStore:
                 "last_metric_time": last_time, "since_last_metric_s": since,
                 "stalled": bool(since is not None and since > stall_after and not ended),
                 "ended": ended, "done": done,
-                "keys": [k for k in self.cols if k != "step" and k not in self.pending_keys],
+                "keys": self._keys(),
                 "loading": list(self.pending_keys),
                 "bad_lines": self.bad_lines, "bad_event_lines": self.bad_event_lines,
                 "errors": self.errors[:20], "config_error": self.config_error,
                 "spikes": len(self.spike_list()), "version": self.version,
                 "load_seconds": self.load_seconds,
             }
+
+    def _keys(self) -> list[str]:
+        """Metric names to chart: the loaded columns, and val_loss when only a start event has one."""
+        keys = [k for k in self.cols if k != "step" and k not in self.pending_keys]
+        if "val_loss" not in keys and "val_loss" not in self.pending_keys and self.start_validation():
+            keys.append("val_loss")
+        return keys
 
     def event_list(self) -> list[dict]:
         with self._lock:
@@ -482,6 +534,10 @@ def _with_ratios(s: dict) -> dict:
 def _severity(s: dict) -> float:
     vals = [v for v in (s.get("ratio"), s.get("grad_ratio")) if isinstance(v, float) and v == v]
     return math.inf if s.get("reason") == "non-finite" else max(vals, default=0.0)
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _last_finite(values: np.ndarray) -> float | None:

@@ -33,13 +33,24 @@ clean steps on four curve families.
 
 Baselines are exponentially weighted moving (EWM) statistics over *accepted* steps:
 
-* loss: EWM mean ``mu`` and EW variance ``var`` (std ``sigma = sqrt(var)``);
+* loss: EWM mean ``mu``, and the noise variance ``var``: the EWM of ``(x - x_prev)**2 / 2``,
+  half the squared change from the previous accepted loss ``x_prev`` (std ``sigma = sqrt(var)``);
 * grad norm: EWM mean ``g``.
 
+Why step-to-step changes and not the spread around ``mu``: early in training the loss falls
+steadily (5.0 -> 3.1 in 150 steps), ``mu`` lags behind the curve, and the spread around it is
+mostly that lag, not noise: it grew to 0.4-0.5 there, so a +48 % jump at step 150 (1.2 above
+``mu``) stayed under 5 sigma (``synthetic.early_fall``). A change between neighbouring steps
+barely sees a smooth trend (only its slope, squared), so ``var`` stays the noise variance on
+falling and flat curves alike (for independent noise, ``E[(x - x_prev)**2] / 2`` is exactly the
+noise variance). On the synthetic suite the two estimates make the same decisions everywhere
+else (every injected spike, every false alarm).
+
 Update with weight ``a = max(alpha, 1/n)`` where ``n`` counts the values folded so far
-(``mu += a*(x-mu)``; ``var = (1-a)*(var + a*(x-mu_old)**2)``). For the first ``1/alpha``
-values this is the exact arithmetic mean / population variance, so the baseline has no
-start-up bias; afterwards it is a plain EWM with ``alpha`` (0.02 ~ 50-step memory).
+(``mu += a*(x-mu)``), and ``var`` likewise over the ``n - 1`` changes
+(``var += b*((x-x_prev)**2/2 - var)``, ``b = max(alpha, 1/(n-1))``). For the first ``1/alpha``
+values these are exact arithmetic means, so the baseline has no start-up bias; afterwards they
+are plain EWMs with ``alpha`` (0.02 ~ 50-step memory).
 
 For each step, in this order:
 
@@ -54,7 +65,7 @@ For each step, in this order:
 
    i.e. the jump must be large in absolute terms (floor against noise on tiny losses),
    in relative terms (metaseq's "loss > EWM * ratio" skip rule) and statistically
-   (more than ``loss_sigmas`` EW standard deviations above the EWM mean). Losses are
+   (more than ``loss_sigmas`` noise standard deviations above the EWM mean). Losses are
    assumed non-negative (cross-entropy). Only upward jumps are spikes.
 3. **Grad-norm spike** (only if ``grad_norm`` is given and ``warmup_steps`` finite grad
    norms have been folded in)::
@@ -78,8 +89,9 @@ baseline up after it. A non-spike step folds its loss (and grad norm, if given) 
 resets the consecutive-spike counter.
 
 **Re-anchoring.** After ``max_consecutive`` consecutive finite spikes the baseline is
-replaced by the statistics of that run of spikes (arithmetic mean / population variance
-of the losses, mean of the grad norms) and the counter resets. Reason: a genuine level
+replaced by the statistics of that run of spikes (arithmetic mean and population variance
+of the losses as ``mu`` and ``var``, its last loss as ``x_prev``, mean of the grad norms) and
+the counter resets. Reason: a genuine level
 shift (LR change, new data mixture, a resumed run with different settings) would
 otherwise never be folded in and would alarm forever; 50 steps of a stable new level is
 strong evidence the level is real, and the first ``max_consecutive`` steps are still
@@ -116,7 +128,7 @@ class SpikeRule:
     loss_ratio: float = 1.1
     """Loss spike needs ``loss > loss_ratio * baseline`` (metaseq-style EWM ratio)."""
     loss_sigmas: float = 5.0
-    """... and ``loss - baseline > loss_sigmas * EW std``."""
+    """... and ``loss - baseline > loss_sigmas * noise std`` (from step-to-step changes)."""
     min_loss_delta: float = 0.05
     """... and ``loss - baseline > min_loss_delta`` (absolute floor, in loss units)."""
     grad_norm_ratio: float = 10.0
@@ -153,11 +165,15 @@ class Spike:
         return asdict(self)
 
 
-# State layout (all plain ints/floats), shared by the online and the offline path.
+# State layout (all plain ints/floats), shared by the online and the offline path. Version 2;
+# version 1 (before the step-to-step noise variance) had "var_loss", the EW variance around the
+# mean, and no "last_loss": load_state_dict converts it (_from_version_1).
+_STATE_VERSION = 2
 _STATE_KEYS = (
     "n_loss",  # finite losses folded into the baseline
     "mean_loss",
-    "var_loss",
+    "noise_var_loss",  # EWM of (loss - last_loss)**2 / 2 over accepted steps
+    "last_loss",  # the last accepted loss
     "n_grad_norm",  # finite grad norms folded into the baseline
     "mean_grad_norm",
     "run",  # current number of consecutive finite spikes
@@ -167,7 +183,7 @@ _STATE_KEYS = (
     "run_mean_grad_norm",
     "last_step",  # last step seen (-1: none); informational, lets a resume check alignment
 )
-_INITIAL_STATE = (0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0.0, -1)
+_INITIAL_STATE = (0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, 0, 0.0, -1)
 
 
 def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad_norms: Iterable):
@@ -180,7 +196,7 @@ def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad
     it with one-element sequences, ``update_many`` with whole sequences, and ``_scan_long`` for
     the steps its numpy path cannot decide.
     """
-    (n_l, m_l, v_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
+    (n_l, m_l, v_l, p_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
     alpha = float(rule.alpha)
     warm = rule.warmup_steps
     ratio = float(rule.loss_ratio)
@@ -224,6 +240,7 @@ def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad
                 if run >= maxc:  # genuine level shift: adopt the run's level as the baseline
                     m_l = r_ml
                     v_l = r_m2 / run
+                    p_l = x
                     if r_ng:
                         m_g = r_mg
                     run = r_ng = 0
@@ -236,9 +253,12 @@ def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad
             r_ml = r_m2 = r_mg = 0.0
         n_l += 1
         a = alpha if n_l >= inv_alpha else 1.0 / n_l
-        d = x - m_l
-        m_l += a * d
-        v_l = (1.0 - a) * (v_l + a * d * d)
+        m_l += a * (x - m_l)
+        if n_l > 1:
+            b = alpha if n_l - 1 >= inv_alpha else 1.0 / (n_l - 1)
+            d = x - p_l
+            v_l += b * (0.5 * d * d - v_l)
+        p_l = x
         if has_g:
             n_g += 1
             a = alpha if n_g >= inv_alpha else 1.0 / n_g
@@ -246,7 +266,7 @@ def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad
 
     if steps:
         last = int(steps[-1])
-    return out, (n_l, m_l, v_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last)
+    return out, (n_l, m_l, v_l, p_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last)
 
 
 class SpikeDetector:
@@ -279,7 +299,7 @@ class SpikeDetector:
 
     @property
     def baseline_grad_norm(self) -> Optional[float]:
-        return self._state[4] if self._state[3] else None
+        return self._state[5] if self._state[4] else None
 
     @property
     def last_step(self) -> Optional[int]:
@@ -288,20 +308,35 @@ class SpikeDetector:
     def state_dict(self) -> Dict[str, Any]:
         """Plain ints/floats (plus the rule, for information)."""
         sd: Dict[str, Any] = dict(zip(_STATE_KEYS, self._state))
-        sd["version"] = 1
+        sd["version"] = _STATE_VERSION
         sd["rule"] = asdict(self.rule)
         return sd
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the baseline. The stored ``rule`` is informational and not applied:
-        the detector keeps its own rule (so thresholds may be changed on resume)."""
-        if state.get("version", 1) != 1:
-            raise ValueError(f"unsupported spike-detector state version {state.get('version')}")
+        the detector keeps its own rule (so thresholds may be changed on resume). A version-1
+        state (checkpoints written before the noise variance) is converted."""
+        version = state.get("version", 1)
+        if version == 1:
+            state = _from_version_1(state)
+        elif version != _STATE_VERSION:
+            raise ValueError(f"unsupported spike-detector state version {version}")
         vals = []
         for key, init in zip(_STATE_KEYS, _INITIAL_STATE):
             v = state[key]
             vals.append(int(v) if isinstance(init, int) else float(v))
         self._state = tuple(vals)
+
+
+def _from_version_1(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A version-1 state as version 2. Version 1 kept the variance around the mean, which is at
+    least the noise variance (it adds the trend's lag), so it starts the noise variance: the
+    detector is as strict as before right after a resume and sharpens within ~1/alpha steps.
+    The last accepted loss was not kept; the mean stands in for it for one step."""
+    converted = {k: v for k, v in state.items() if k != "var_loss"}
+    converted["noise_var_loss"] = state["var_loss"]
+    converted["last_loss"] = state["mean_loss"]
+    return converted
 
 
 def _as_arrays(steps, losses, grad_norms):
@@ -393,20 +428,21 @@ def _plain_prefix(rule: SpikeRule, state: Tuple, x: np.ndarray, gv, given, pw, i
     """Numpy over a window: how many leading steps are plain accepted steps, and the state after
     them (``run`` reset if any; ``last_step`` left to the caller).
 
-    Precondition: ``n_loss >= warmup_steps`` and every fold uses weight ``alpha``. Then the baselines
-    before each step, if every step so far was accepted, are linear recurrences with constant
-    coefficient (``mu' = (1-a) mu + a x``, ``var' = (1-a) var + a (1-a) (x - mu)**2``, grad mean as
-    ``mu``) and follow from ``_linear_scan``. A step is plain unless it is non-finite, a grad norm
-    arrives while the grad-norm baseline is still warming up, or the spike conditions hold with
-    every threshold loosened by _TOL (relative): those steps, and all after the first, go to _scan."""
-    (n_l, m_l, v_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
+    Precondition: ``n_loss >= warmup_steps`` and every fold uses weight ``alpha`` (``n_loss >=
+    1/alpha``). Then the baselines before each step, if every step so far was accepted, are linear
+    recurrences with constant coefficient (``mu' = (1-a) mu + a x``, ``var' = (1-a) var +
+    a (x - x_prev)**2 / 2``, grad mean as ``mu``) and follow from ``_linear_scan``. A step is plain
+    unless it is non-finite, a grad norm arrives while the grad-norm baseline is still warming up,
+    or the spike conditions hold with every threshold loosened by _TOL (relative): those steps, and
+    all after the first, go to _scan."""
+    (n_l, m_l, v_l, p_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
     a = float(rule.alpha)
-    c = 1.0 - a
     ratio = float(rule.loss_ratio)
     m = _linear_scan(a * x, m_l, pw, ipw)
     mb = m[:-1]
     d = x - mb
-    v = _linear_scan((a * c) * (d * d), v_l, pw, ipw)
+    change = np.diff(x, prepend=p_l)  # x - x_prev, rounded as _scan rounds it
+    v = _linear_scan((0.5 * a) * (change * change), v_l, pw, ipw)
     err = _TOL * (np.abs(x) + np.abs(mb))  # bound on the error of d (and of ratio*mu, over ratio)
     de = d + err
     bad = ~(np.isfinite(x) & np.isfinite(m[1:]) & np.isfinite(v[1:]))
@@ -432,7 +468,7 @@ def _plain_prefix(rule: SpikeRule, state: Tuple, x: np.ndarray, gv, given, pw, i
     if mg is not None:
         k = q if k_g is None else int(k_g[q])
         n_g, m_g = n_g + k, float(mg[k])
-    return q, (n_l + q, float(m[q]), float(v[q]), n_g, m_g, 0, 0.0, 0.0, 0, 0.0, last)
+    return q, (n_l + q, float(m[q]), float(v[q]), float(x[q - 1]), n_g, m_g, 0, 0.0, 0.0, 0, 0.0, last)
 
 
 def _scan_long(rule: SpikeRule, state: Tuple, steps, x, gv, given):
@@ -449,7 +485,7 @@ def _scan_long(rule: SpikeRule, state: Tuple, steps, x, gv, given):
     out: List[Spike] = []
     pos, win, hand = 0, _WINDOW0, _HAND0
     while pos < n:
-        if state[0] >= rule.warmup_steps and state[0] + 1 >= inv_alpha:
+        if state[0] >= rule.warmup_steps and state[0] >= inv_alpha:
             hi = min(n, pos + win)
             g_w = None if gv is None else gv[pos:hi]
             h_w = None if given is None else given[pos:hi]

@@ -11,6 +11,7 @@ fast path cannot drift from the schema.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ class Curve:
     grad_sigma: float = 0.3
     grad_trend: float = 0.0
     """log of how much the grad norm's level changes over the run (e.g. -2.3: falls ~10x)."""
+
+
+def early_fall(steps: int = 2000, seed: int = 0, noise: float = 0.03) -> Curve:
+    """A loss that falls steadily early on: 5.0 at step 1, 3.1 at step 150, then flattening towards
+    3.0. Right after such a fall the EWM mean lags the curve by ~0.3-0.6, and a variance measured
+    around that mean is mostly the lag: the case where the detector once missed a +48 % jump at
+    step 150 (``series(early_fall(), spikes=[150], loss_factor=1.48, grad_factor=1.0)``)."""
+    tau = 149.0 / math.log(20.0)  # 2.0 above the floor at step 1, 0.1 above it at step 150
+    return Curve(steps, seed=seed, floor=3.0, amp=2.0 * math.exp(1.0 / tau), tau=tau, noise=noise)
 
 
 def series(curve: Curve, spikes=(), loss_factor: float = 1.5, grad_factor: float = 30.0, length: int = 1):

@@ -94,31 +94,28 @@ def has_manifest(checkpoint: Path) -> bool:
 def verify_files(checkpoint: Path, manifest: dict, files: Iterable[str], checksums: bool = True) -> List[ManifestError]:
     """Problems with the given files of `manifest` (empty: they are intact). checksums=False
     checks presence and sizes only (no reading: catches truncation, not bit flips)."""
-    root = Path(checkpoint)
     problems = []
     for name in files:
-        expected = manifest["files"][name]
-        path = root / name
-        try:
-            size = path.stat().st_size
-        except OSError as error:
-            problems.append(ManifestError(checkpoint, f"{name} is missing ({error.strerror})", name))
-            continue
-        if size != expected["size"]:
-            problems.append(ManifestError(checkpoint, f"{name} has {size} bytes, the manifest says "
-                                                      f"{expected['size']} (truncated or rewritten)", name))
-            continue
-        if not checksums:
-            continue
-        try:
-            actual = crc32_of(path)
-        except OSError as error:
-            problems.append(ManifestError(checkpoint, f"{name} cannot be read ({error})", name))
-            continue
-        if actual != expected["crc32"]:
-            problems.append(ManifestError(checkpoint, f"{name} has CRC-32 {actual}, the manifest says "
-                                                      f"{expected['crc32']} (corrupted)", name))
+        problem = _file_problem(Path(checkpoint) / name, manifest["files"][name], checksums)
+        if problem:
+            problems.append(ManifestError(checkpoint, f"{name} {problem}", name))
     return problems
+
+
+def _file_problem(path: Path, expected: dict, checksums: bool) -> Optional[str]:
+    """What is wrong with one file ("is missing (...)", "has N bytes, ..."), None if nothing."""
+    try:
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"has {size} bytes, the manifest says {expected['size']} (truncated or rewritten)"
+        actual = crc32_of(path) if checksums else expected["crc32"]
+    except FileNotFoundError as error:
+        return f"is missing ({error.strerror})"
+    except OSError as error:
+        return f"cannot be read ({error})"
+    if actual != expected["crc32"]:
+        return f"has CRC-32 {actual}, the manifest says {expected['crc32']} (corrupted)"
+    return None
 
 
 def verify_checkpoint(checkpoint: Path) -> List[ManifestError]:

@@ -1,8 +1,9 @@
 """The dashboard in a real chromium: loads without console errors and without a request leaving
 127.0.0.1, draws the loss, marks an injected spike (with its hover details), escapes hostile run
 names / config values / event messages, follows appended metrics live, opens the offline report,
-and shows a 1,000,000-step run's loss chart within 2 s. Screenshots are saved (tmp_path, and
-$GLM_MONITOR_SCREENSHOT_DIR when set)."""
+and shows a 1,000,000-step run's loss chart within 2 s; the validation chart starts with the start
+event's step-0 loss, non-negative series have axes from 0, and a chart without data collapses to a
+line saying so. Screenshots are saved (tmp_path, and $GLM_MONITOR_SCREENSHOT_DIR when set)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ def evil_run(run_dir):
         for i in range(1, 301):
             w.write({"step": i, "consumed_samples": 8 * i, "tokens": 2048 * i, "loss": 4.0 - i / 200,
                      "grad_norm": 1.0, "param_norm": 10.0, "loss_scale": None, "skipped": i // 100, "nan": 0,
-                     "lr": 1e-4, "batch_size": 8, "step_time_s": 1.0, "tokens_per_s": 2048.0, "tflops_per_gpu": None,
+                     "lr": min(1e-4, i * 1e-6), "batch_size": 8, "step_time_s": 1.0, "tokens_per_s": 2048.0, "tflops_per_gpu": None,
                      "mfu": None, "mem_gb": None, "loss/pile": 3.9 - i / 200, "loss/wudao": 4.1 - i / 200,
                      "val_loss": 3.5 if i % 100 == 0 else None})
     with schema.EventsWriter(run_dir) as ev:
         ev.write({"step": 0, "kind": "start", "message": EVIL_MESSAGE, "world_size": 2,
-                  "layout": {"tp": 1, "pp": 1, "dp": 2, "vpp": None}})
+                  "layout": {"tp": 1, "pp": 1, "dp": 2, "vpp": None}, "val_loss": 4.4})
         ev.write({"step": 100, "kind": "skip", "message": EVIL_MESSAGE, "first_sample": 800, "last_sample": 900})
 
 
@@ -138,6 +139,32 @@ def test_dashboard_renders_marks_spikes_and_escapes(chromium, served, tmp_path):
         p.close()
 
 
+def test_step_zero_validation_axes_from_zero_and_collapsed_empty_charts(chromium, served, tmp_path):
+    """Run 1 (warm-up LR from 0, validation at 100/200/300 plus 4.4 at step 0 on its start event, no
+    memory logged) alone: the validation chart draws 4 points from step 0; the LR axis starts at 0
+    (a 6 % margin used to put it at -6.00e-6); the memory chart is one line saying it has no data."""
+    p = Page(chromium)
+    try:
+        p.page.goto(served)
+        p.wait_until("document.body.dataset.ready === '1'")
+        p.page.locator('.run[data-run="0"] input[type=checkbox]').uncheck()
+        p.wait_until("document.querySelector('#chart-mem').classList.contains('nodata')")
+        assert p.page.eval_on_selector("canvas[data-chart=val]", "c => c.dataset.points") == "4"
+        for chart in ("lr", "tps", "param", "steptime"):
+            assert p.page.eval_on_selector(f"canvas[data-chart={chart}]", "c => Number(c.dataset.yMin)") == 0, chart
+        assert p.page.eval_on_selector("canvas[data-chart=loss]", "c => Number(c.dataset.yMin)") > 1.0  # fitted
+        mem = p.page.locator("#chart-mem")
+        assert "no data" in mem.inner_text() and mem.locator("canvas").is_hidden()
+        assert mem.bounding_box()["height"] < 60 < p.page.locator("#chart-lr").bounding_box()["height"]
+        screenshot(p.page, tmp_path, "dashboard-run1.png")
+        p.page.locator('.run[data-run="0"] input[type=checkbox]').check()  # run 0 logs memory
+        p.wait_until("!document.querySelector('#chart-mem').classList.contains('nodata')")
+        assert p.page.locator("#chart-mem canvas").is_visible()
+        assert p.errors == [], p.errors
+    finally:
+        p.close()
+
+
 def test_appended_metrics_show_up_live_and_bad_lines_are_shown(chromium, served, runs, tmp_path):
     p = Page(chromium)
     try:
@@ -175,6 +202,7 @@ def test_report_opens_offline(chromium, runs, tmp_path):
         p.wait_until("document.body.dataset.ready === '1'")
         p.wait_until("Number(document.querySelector('canvas[data-chart=loss]').dataset.points) > 0")
         assert p.page.locator('#chart-loss .spike[data-run="0"][data-step="1500"]').count() == 1
+        assert p.page.eval_on_selector("canvas[data-chart=val]", "c => c.dataset.points") == "4"  # step 0 too
         assert EVIL_NAME in p.page.locator('.run[data-run="1"] .name').inner_text()
         assert p.page.eval_on_selector("canvas[data-chart=loss]", BLUE_PIXELS) > 300
         assert p.errors == [] and p.dialogs == []

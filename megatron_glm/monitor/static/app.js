@@ -7,20 +7,22 @@
   const EMBED = document.getElementById("glm-data");
   const STATIC = EMBED ? JSON.parse(EMBED.textContent) : null;
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+  // fromZero: a non-negative series whose linear axis starts at 0 (losses keep a fitted range, where
+  // a small jump stays visible). val_loss includes the start event's step-0 loss (run.py adds it).
   const CHARTS = [
     { id: "loss", title: "Training loss (raw and smoothed; ● spikes)", keys: ["loss"], spikes: "loss", smooth: true, logToggle: true },
     { id: "sources", title: "Loss per source", prefix: "loss/", smooth: true },
     { id: "val", title: "Validation loss", keys: ["val_loss"], sparse: true },
     { id: "grad", title: "Grad norm (● spikes)", keys: ["grad_norm"], spikes: "grad_norm", log: true },
-    { id: "param", title: "Param norm", keys: ["param_norm"] },
+    { id: "param", title: "Param norm", keys: ["param_norm"], fromZero: true },
     { id: "scale", title: "Loss scale (▲ skipped steps, red ▲ NaN steps)", keys: ["loss_scale"], markers: true, log: true },
-    { id: "lr", title: "Learning rate", keys: ["lr"] },
-    { id: "bs", title: "Batch size (samples)", keys: ["batch_size"] },
-    { id: "tps", title: "Tokens/s", keys: ["tokens_per_s"] },
-    { id: "tflops", title: "TFLOP/s per GPU", keys: ["tflops_per_gpu"] },
-    { id: "mfu", title: "MFU", keys: ["mfu"] },
-    { id: "steptime", title: "Step time (s)", keys: ["step_time_s"] },
-    { id: "mem", title: "Peak memory (GiB)", keys: ["mem_gb"] },
+    { id: "lr", title: "Learning rate", keys: ["lr"], fromZero: true },
+    { id: "bs", title: "Batch size (samples)", keys: ["batch_size"], fromZero: true },
+    { id: "tps", title: "Tokens/s", keys: ["tokens_per_s"], fromZero: true },
+    { id: "tflops", title: "TFLOP/s per GPU", keys: ["tflops_per_gpu"], fromZero: true },
+    { id: "mfu", title: "MFU", keys: ["mfu"], fromZero: true },
+    { id: "steptime", title: "Step time (s)", keys: ["step_time_s"], fromZero: true },
+    { id: "mem", title: "Peak memory (GiB)", keys: ["mem_gb"], fromZero: true },
   ];
   const state = { runs: [], selected: new Set(), view: null, smoothing: 0.6, logLoss: false, versions: {}, events: {} };
   const $ = (sel) => document.querySelector(sel);
@@ -110,7 +112,8 @@
       this.canvas = el("canvas", { "data-chart": spec.id });
       this.overlay = el("div", { class: "overlay" });
       this.empty = el("div", { class: "empty" }, "");
-      this.root = el("div", { class: "chart", id: "chart-" + spec.id }, el("h3", {}, spec.title),
+      this.note = el("span", { class: "nodata-note" }, "");
+      this.root = el("div", { class: "chart", id: "chart-" + spec.id }, el("h3", {}, spec.title, this.note),
         el("div", { class: "plot" }, this.canvas, this.overlay, this.empty));
       this.data = [];
       this.attachZoom();
@@ -178,17 +181,17 @@
       if (state.view) { x0 = state.view[0]; x1 = state.view[1]; }
       c.dataset.points = String(points);
       c.dataset.lastStep = Number.isFinite(x1) ? String(x1) : "";
+      this.showNoData(!points && !loading);
       if (!points) {
-        this.empty.textContent = loading ? "loading…" : (this.data.length ? "no values in this range" : "not logged by the selected runs");
+        this.empty.textContent = loading ? "loading…" : "";
         this.geom = null;
         return;
       }
       this.empty.textContent = "";
       if (x0 === x1) { x0 -= 1; x1 += 1; }
       const T = this.log ? Math.log10 : (v) => v;
-      let t0 = T(y0), t1 = T(y1);
-      if (t0 === t1) { t0 -= 0.5; t1 += 0.5; }
-      const pad = (t1 - t0) * 0.06; t0 -= pad; t1 += pad;
+      const [t0, t1] = this.yRange(T, y0, y1);
+      c.dataset.yMin = String(this.log ? 10 ** t0 : t0);
       const g = { left: 62, top: 8, w: W - 62 - 10, h: H - 8 - 24, x0, x1 };
       this.geom = g;
       const px = (x) => g.left + ((x - x0) / (x1 - x0)) * g.w;
@@ -230,6 +233,22 @@
       if (sources.length) this.legend(ctx, sources);
       if (this.spec.spikes) this.drawSpikes(g, px, py);
       if (this.spec.markers) this.drawMarkers(g, px);
+    }
+    // A chart with nothing to draw (peak memory on CPU) collapses to its title line and says why.
+    showNoData(none) {
+      this.root.classList.toggle("nodata", none);
+      this.note.textContent = !none ? "" : !this.data.length ? " — no data: not logged by the selected runs"
+        : state.view ? " — no data in this step range" : " — no data: every logged value is empty";
+    }
+    // Axis range [t0, t1] in axis units (log10 on a log axis): the data plus 6 % margins, except that
+    // the linear axis of a non-negative series starts at 0 (a margin below an LR warm-up from 0 drew
+    // a -6.00e-4 tick that no value can have).
+    yRange(T, y0, y1) {
+      if (this.spec.fromZero && !this.log && y0 >= 0) return [0, y1 > 0 ? y1 * 1.06 : 1];
+      let t0 = T(y0), t1 = T(y1);
+      if (t0 === t1) { t0 -= 0.5; t1 += 0.5; }
+      const pad = (t1 - t0) * 0.06;
+      return [t0 - pad, t1 + pad];
     }
     rawPath(ctx, d, px, py, ok) {
       ctx.beginPath();
