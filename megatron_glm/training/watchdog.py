@@ -15,7 +15,9 @@ a stale alive time are the stuck ones; if none is stale (all alive, e.g. a softw
 hung GPU kernel), the ranks with the lowest progress step are reported. Every timed-out rank dumps
 its stacks to RUN_DIR/hangs/<job_tag>.rank<R>.txt and exits 76; the first one to time out appends
 the `error` event (reason "hang"), made exactly one by an exclusive-create claim file
-(hangs/<job_tag>.reported). Not "the lowest live rank": the first rank to exit breaks its peers'
+(hangs/<job_tag>.reported). Under srun the timed-out ranks then kill the whole job step (scancel),
+so the job ends in seconds instead of waiting srun's --wait and Slurm's KillWait for the frozen
+rank. Not "the lowest live rank": the first rank to exit breaks its peers'
 collectives (gloo at once, NCCL with async error handling soon after), so the others may end with
 an error before their own watchdog fires.
 
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import threading
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -202,7 +205,25 @@ class HangWatchdog:
             except (OSError, ValueError) as error:
                 log.error("hang watchdog: could not write the hang event: %s", error)
         self._beat("hang")
+        self._end_job_step()
         self._terminate(int(ExitCode.HANG))
+
+    def _end_job_step(self) -> None:
+        """Under srun: kill every task of this job step (the frozen rank too). Otherwise srun would
+        wait `--wait` seconds (up to 10 min at scale) for the frozen rank, plus Slurm's KillWait,
+        before the job hooks can requeue without its node. Every timed-out rank does it, after one
+        heartbeat interval in which its peers dump their stacks; none exits before (an exit would
+        break the others' collectives and end them before their own scancel), the first scancel
+        ends them all."""
+        job, step = os.environ.get("SLURM_JOB_ID", ""), os.environ.get("SLURM_STEP_ID", "")
+        if not (job.isdigit() and step.isdigit()):
+            return
+        time.sleep(self.interval_s)
+        log.error("hang watchdog: killing job step %s.%s (scancel --signal=KILL)", job, step)
+        try:
+            subprocess.run(["scancel", "--signal=KILL", f"{job}.{step}"], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log.error("hang watchdog: scancel failed (%s); srun ends the step after its --wait", error)
 
     def _claim(self) -> bool:
         """True for the first rank of this run to create the claim file: it writes the event."""

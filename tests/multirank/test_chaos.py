@@ -26,12 +26,12 @@ from megatron_glm.rundir import MANIFEST, RunDir, checkpoint_name
 pytestmark = pytest.mark.multirank
 
 BIN = Path(sys.executable).parent
-STEPS = 14
+STEPS = 12
 RUN = ["data.synthetic=true", "parallel.tensor=2", "parallel.pipeline=2", "model.seq_length=32",
        "train.global_batch_size=4", "train.eval_interval=0", "train.save_interval=2", "train.keep_last=2",
        "train.peak_lr=0.001", "train.min_lr=0.0001", "train.decay_samples=64", "train.tensorboard=false",
        f"train.steps={STEPS}"]
-SLOW_PUBLISH = ["train.fault_injection.kind=slow_publish", "train.fault_injection.pause_s=0.6"]
+SLOW_PUBLISH = ["train.fault_injection.kind=slow_publish", "train.fault_injection.pause_s=0.4"]
 
 
 def _start(run_dir, *extra):

@@ -193,7 +193,7 @@ def test_a_job_given_an_excluded_node_starts_again_without_it(local_slurm, tmp_p
     assert {r[3] for r in rows} == {"node1", "node3"}
 
 
-HANG_RUN = {**RUN, "train": {**RUN["train"], "steps": 80, "save_interval": 4, "hang_timeout_s": 20}}
+HANG_RUN = {**RUN, "train": {**RUN["train"], "steps": 24, "save_interval": 4, "hang_timeout_s": 20}}
 """Long enough to freeze a rank after its first checkpoint and before the end, short enough to
 finish on the other nodes; a 20 s hang timeout (interval 2 s: a frozen rank is stale after 6 s)."""
 
@@ -251,6 +251,9 @@ def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_ot
                 pass
 
     assert (run_dir / "DONE").exists()
+    job_log = "".join(p.read_text(errors="replace") for p in (run_dir / "slurm").glob(f"{job_id}.out"))
+    assert f"hang watchdog: killing job step {job_id}.0" in job_log
+    assert "First task exited" not in job_log  # srun did not wait out --wait for the frozen rank  # not waiting srun's --wait for the frozen rank
     # Stacks of the ranks that timed out (a rank whose peer left first may end with a gloo error
     # instead), never of the frozen one.
     stacks = sorted((run_dir / "hangs").glob("*.txt"))
