@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -112,9 +113,15 @@ def _status(args: argparse.Namespace) -> int:
 
     from launch.status import format_status, run_status
 
+    from megatron_glm.rundir import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, SLURM_DIR
+
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         print(f"glm-launch status: {run_dir}: no such run directory", file=sys.stderr)
+        return 2
+    if not any((run_dir / name).exists() for name in (CONFIG_FILE, EVENTS_FILE, METRICS_FILE, SLURM_DIR)):
+        print(f"glm-launch status: {run_dir}: not a run directory (no {CONFIG_FILE}, {EVENTS_FILE}, "
+              f"{METRICS_FILE} or {SLURM_DIR}/); give the --run-dir of a run", file=sys.stderr)
         return 2
     status = run_status(run_dir)
     print(json.dumps(status) if args.json else format_status(status))
@@ -215,10 +222,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.overrides = list(args.overrides) + extra
     configure_logging("glm-launch", verbose=args.verbose)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a traceback at exit
+        return code
     except ConfigError as error:
         print(f"glm-launch {args.command}: invalid configuration:\n{error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `glm-launch plan ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

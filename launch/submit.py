@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -54,12 +55,18 @@ def run_layout(run: RunConfig, cluster: ClusterProfile) -> Layout:
 
 
 def _writable_dir_problem(path: Path, what: str) -> Optional[str]:
+    """Whether `path` can be created: a directory is made (and removed) in its nearest existing
+    ancestor, since permission bits say yes to root on /proc or a read-only mount."""
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        return f"{what} {path}: {probe} is not a writable directory"
-    return None
+    if probe.is_dir():
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".glm-launch-probe-", dir=probe))
+            return None
+        except OSError:
+            pass
+    return f"{what} {path}: {probe} is not a writable directory"
 
 
 def problems_before_submit(run: RunConfig, cluster: ClusterProfile, run_dir: Path) -> List[str]:

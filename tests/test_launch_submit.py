@@ -128,3 +128,31 @@ def test_after_srun_decisions(tmp_path, monkeypatch):
     assert after(run, 0, max_failures=3) == "done"
     assert all(e["job_id"] == "42" for e in _launcher_events(run))
     read_events(run, validate=True)  # the launcher's events follow the shared schema
+
+
+def test_dry_run_refuses_a_run_dir_it_could_not_create(_submit, tmp_path):
+    """Permission bits say yes to root on /proc: the check creates (and removes) a directory."""
+    result = _submit("glm-130b", "--cluster", "dgx-a100-96", "--run-dir", "/proc/nope", *GLM130B_TP8, "--dry-run")
+    assert result.returncode == 2
+    assert "checkpoint directory /proc/nope/checkpoints: /proc is not a writable directory" in result.stderr
+
+
+def test_status_of_a_directory_that_is_no_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    status = subprocess.run([str(Path(sys.executable).parent / "glm-launch"), "status", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 2 and "not a run directory" in status.stderr
+
+
+def test_plan_into_a_closed_pipe_is_quiet():
+    """`glm-launch plan ... | head`: the reader is gone before the plan is written."""
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "glm-launch"), "plan", "--model", "glm-130b",
+                             "--cluster", "dgx-a100-96"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "BrokenPipeError" not in err and "Traceback" not in err, err
