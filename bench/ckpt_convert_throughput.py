@@ -12,7 +12,7 @@ puts its output on disk, so none profits from write-back left to the next one. T
 matters on virtual machines whose guest pages are backed lazily: writing into pages the guest has
 not touched yet was measured several times slower than into just-freed ones (the same plain copy
 took 0.7 s right after the warm-up copy was deleted and 3.1 s at the end of the run without it). The ratio is copy time /
-conversion time (>= 0.5 required by issue 6). Results: stdout and --json FILE.
+conversion time (goal: >= 0.5). Results: stdout and --json FILE.
 
     python bench/ckpt_convert_throughput.py [--workdir DIR] [--layers 24] [--json bench/results/x.json]
 """

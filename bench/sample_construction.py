@@ -3,7 +3,7 @@
 Times `glm_sequence` (the 30/70 [MASK]/[gMASK] draw on a 2000-token row), `instruction_sequence`
 (4 MIP examples), the compact mask layout the dataset adds per sample, and, for reference, the dense
 [s, s] boolean mask that collation builds per micro-batch.
-Goal (issue 3): >= 500 sequences/s per core.
+Goal: >= 500 sequences/s per core.
 
     OMP_NUM_THREADS=1 python bench/sample_construction.py [--seconds 5]
 """

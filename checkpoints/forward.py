@@ -4,7 +4,7 @@ The checkpoint is read whole into our canonical TP1 state dict (quantised weight
 in fp32) and loaded into the real GLMModel (megatron-core, TP1 x PP1, a throw-away one-process
 group): the logits are those the trainer's model computes. Inputs: a torch file holding a dict (or
 a list of dicts) with `tokens` and `position_ids` [b, s] integers and `attention_mask` [b, 1, s, s]
-bool, True = masked (GLM130B.md §1.3).
+bool, True = masked (docs/glm130b.md §1.3).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A mapping class says how one whole (TP1) tensor becomes TP pieces and back; a ParamSpec ties a
 canonical name (our megatron-core TP1 x PP1 name) to its GLM-130B/SAT name, its mapping and its
-shape. Every format and the resharder go through this one table (GLM130B.md §6):
+shape. Every format and the resharder go through this one table (docs/glm130b.md §6):
 
     column-parallel    rows split contiguously              (dim 0)
     row-parallel       columns split contiguously           (dim 1)
@@ -121,7 +121,7 @@ class InterleavedQKV(ColumnParallel):
 
 
 class GLUColumnParallel(ColumnParallel):
-    """GeGLU fc1: rank r of k holds chunks r and k + r of 2k (GLM130B.md §6 merge_weights)."""
+    """GeGLU fc1: rank r of k holds chunks r and k + r of 2k (docs/glm130b.md §6 merge_weights)."""
 
     stride, kind = 2, "glu-column-parallel"
 

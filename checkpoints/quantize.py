@@ -1,4 +1,4 @@
-"""Weight-only INT8/INT4 quantisation exactly as GLM-130B (GLM130B.md §5).
+"""Weight-only INT8/INT4 quantisation exactly as GLM-130B (docs/glm130b.md §5).
 
 Per output row of the local TP shard, symmetric absmax, round to nearest:
     scale[r] = max_j |W[r, j]| / (2^(bits-1) - 1)      (fp16, stored as "<key>_scale")

@@ -16,7 +16,7 @@ from checkpoints.mappings import PARAMS, ParamSpec
 
 @dataclass
 class GLMShape:
-    """Architecture numbers a checkpoint needs (GLM130B.md §1.1); the rest of GLM is fixed."""
+    """Architecture numbers a checkpoint needs (docs/glm130b.md §1.1); the rest of GLM is fixed."""
 
     num_layers: int
     hidden_size: int

@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 GLM130B_RECIPE = {"gbs": 4224, "mbs": 1, "recompute": "full", "precision": "fp16", "grad_reduce_in_fp32": False}
-"""Defaults of `plan` for a bare model preset: GLM-130B's training recipe (GLM130B.md §3), fp16
+"""Defaults of `plan` for a bare model preset: GLM-130B's training recipe (docs/glm130b.md §3), fp16
 gradient buffers included (train.grad_reduce_in_fp32=false in a run config)."""
 
 

@@ -24,7 +24,7 @@ numbers and the efficiencies below:
 
 The efficiencies below are stated assumptions, not fitted to GLM-130B's measurement; with them
 the model predicts 91.1 s per step and 130 TFLOP/s per GPU (hardware) for GLM-130B's TP4 x PP8 x DP24
-at batch 4224, against the measured 88.5 s and 134 (GLM130B.md §3), tested within ±20 %.
+at batch 4224, against the measured 88.5 s and 134 (docs/glm130b.md §3), tested within ±20 %.
 """
 
 from __future__ import annotations

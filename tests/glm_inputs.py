@@ -1,4 +1,4 @@
-"""Hand-built GLM inputs (GLM130B.md §2.3) for glm-tiny at sequence length 64, and their variants.
+"""Hand-built GLM inputs (docs/glm130b.md §2.3) for glm-tiny at sequence length 64, and their variants.
 
 Each variant changes one thing that some positions must not be able to see (or that must not
 matter), and records which positions must keep their logits and which must change.

@@ -1,4 +1,4 @@
-"""An independent float64 GLM-130B forward pass written from GLM130B.md §1.2-1.6 in plain PyTorch.
+"""An independent float64 GLM-130B forward pass written from docs/glm130b.md §1.2-1.6 in plain PyTorch.
 
 It shares nothing with megatron_glm but the parameter names of the state dict it reads. Formulas:
     h = E[ids]

@@ -56,7 +56,7 @@ def test_hardware_at_least_model():
 
 
 def test_glm130b_reported_throughput():
-    """GLM130B.md §3: 134 TFLOP/s per GPU (hardware, full recompute) at 88.5 s/iter, batch 4224 x 2048
+    """docs/glm130b.md §3: 134 TFLOP/s per GPU (hardware, full recompute) at 88.5 s/iter, batch 4224 x 2048
     tokens, 768 A100s. Tolerance +-5%; our formula lands at 134.15 (+0.1%)."""
     check = glm130b_throughput_check()
     print(f"\nGLM-130B check: hardware {check['hardware_tflops']:.2f} TFLOP/s/GPU (reported 134, "

@@ -1,4 +1,4 @@
-"""The sample layouts of GLM130B.md §2.3 built from explicit choices."""
+"""The sample layouts of docs/glm130b.md §2.3 built from explicit choices."""
 
 import numpy as np
 import torch

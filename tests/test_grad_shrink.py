@@ -22,7 +22,7 @@ def test_constant_schedule():
 
 
 def test_glm130b_history_schedule():
-    """GLM130B.md §4.2: 0.1 until 6000, ramp to 1 by 6500, 1.0, then 0.165 -> 1 over 6000 steps."""
+    """docs/glm130b.md §4.2: 0.1 until 6000, ramp to 1 by 6500, 1.0, then 0.165 -> 1 over 6000 steps."""
     schedule = GradShrinkSchedule(knots=[(0, 0.1), (6000, 0.1), (6500, 1.0), (22850, 1.0),
                                          (22850, 0.165), (28850, 1.0), (35200, 1.0), (35200, 0.1)])
     assert schedule.alpha_at(0) == 0.1

@@ -39,7 +39,7 @@ def test_glm130b_paper_layout_fits_40gb_and_matches_the_measured_throughput(_pla
     assert plan["memory_gb"]["total"] <= 40
     for key in ("weights", "gradients", "optimizer", "activations", "communication", "fragmentation_margin"):
         assert plan["memory_gb"][key] > 0
-    # GLM130B.md §3: 134 TFLOP/s per GPU (hardware) at 88.5 s per step, batch 4224.
+    # docs/glm130b.md §3: 134 TFLOP/s per GPU (hardware) at 88.5 s per step, batch 4224.
     assert 108 <= plan["tflops_per_gpu_hardware"] <= 160
     assert abs(plan["step_time_s"] / 88.5 - 1) < 0.2
     assert plan["tflops_per_gpu_model"] < plan["tflops_per_gpu_hardware"]  # recompute costs FLOPs

@@ -1,4 +1,4 @@
-"""The random choices of the pretraining mix (GLM130B.md §2.3, §2.6): statistics with fixed seeds."""
+"""The random choices of the pretraining mix (docs/glm130b.md §2.3, §2.6): statistics with fixed seeds."""
 
 import time
 
@@ -215,8 +215,8 @@ def test_default_loses_no_target_and_reproduce_mode_does():
               f"{np.mean(text_tokens) if text_tokens else 0:.0f} text tokens/intact window")
     (fit_loss, fit_lost), (orig_loss, orig_lost) = results[False], results[True]
     assert fit_lost == 0
-    assert 0.93 < orig_lost < 0.99  # GLM130B.md: 96%
-    assert 58 < orig_loss < 68  # GLM130B.md: ≈63
+    assert 0.93 < orig_lost < 0.99  # docs/glm130b.md: 96%
+    assert 58 < orig_loss < 68  # docs/glm130b.md: ≈63
     assert 88 < fit_loss < 96  # ≈94 in full windows, less in the 2% short / 2% single-span ones
 
 

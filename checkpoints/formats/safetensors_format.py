@@ -8,7 +8,7 @@
 The file format (8-byte little-endian header length, JSON header with dtype/shape/data_offsets,
 raw little-endian bytes) is simple enough to stream without the safetensors package: the header is
 computed from the planned shapes, then the tensors are appended one at a time. Quantised weights
-are int8 (INT4 packed) with a fp16 "<key>_scale" of one row each (GLM130B.md §5, TP1 rows).
+are int8 (INT4 packed) with a fp16 "<key>_scale" of one row each (docs/glm130b.md §5, TP1 rows).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GLM-130B's released (SwissArmyTransformer) layout, GLM130B.md §6, read and written tensor by tensor.
+"""GLM-130B's released (SwissArmyTransformer) layout, docs/glm130b.md §6, read and written tensor by tensor.
 
     DIR/latest                                 the iteration, e.g. "49300"
     DIR/<iter>/mp_rank_XX_model_states.pt      torch.save({'module': state_dict}) of TP rank XX
@@ -79,7 +79,7 @@ class SatReader(Reader):
         ref = self.modules[rank].get(key)
         if ref is None:
             raise CheckpointError("key is missing", self.files[rank], key,
-                                  hint="this is not a complete GLM SAT shard (see GLM130B.md §6)")
+                                  hint="this is not a complete GLM SAT shard (see docs/glm130b.md §6)")
         return ref
 
     def _infer_shape(self, heads: Optional[int], eps: float, rotary_base: int) -> GLMShape:
@@ -124,7 +124,7 @@ class SatReader(Reader):
             for key in set(module) - expected:
                 if not re.fullmatch(SAT_ROTARY.replace(".", r"\.").replace("{i}", r"\d+"), key):
                     raise CheckpointError("unexpected key", file, key,
-                                          hint="not a GLM-130B parameter (GLM130B.md §6)")
+                                          hint="not a GLM-130B parameter (docs/glm130b.md §6)")
 
     def dtype(self, key: str) -> torch.dtype:
         spec, layer = spec_of(key)

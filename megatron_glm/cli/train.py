@@ -11,7 +11,7 @@
     glm-train smoke PRESET_OR_YAML [--steps N] [dotted.key=value ...]     (under torchrun)
         a few optimizer steps of the GLM objective at the configured layout, on the run's glm-prep
         datasets (validation loss before/after) or, without a data section, on synthetic data:
-        the CPU demo of the parallel engine until the training loop lands (issue 4).
+        a quick check of the parallel engine without a run directory.
 """
 
 from __future__ import annotations

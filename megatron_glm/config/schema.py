@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 
 @dataclass
 class EmbeddingGradShrinkConfig:
-    """Embedding Gradient Shrink (GLM130B.md §4.2): forward unchanged, gradient scaled by alpha.
+    """Embedding Gradient Shrink (docs/glm130b.md §4.2): forward unchanged, gradient scaled by alpha.
 
     `schedule` is a list of [step, alpha] knots, linearly interpolated, constant outside the knots.
     Two knots at the same step make a jump. Empty means alpha = `alpha` for the whole run.
@@ -29,7 +29,7 @@ class EmbeddingGradShrinkConfig:
 
 @dataclass
 class ModelConfig:
-    """The GLM-130B architecture at any size (GLM130B.md §1): DeepNorm Post-LN, RoPE, GeGLU."""
+    """The GLM-130B architecture at any size (docs/glm130b.md §1): DeepNorm Post-LN, RoPE, GeGLU."""
 
     name: str = "custom"
     num_layers: int = 2
@@ -139,7 +139,7 @@ class DataConfig:
     """Train on synthetic GLM sequences at model.seq_length instead of a corpus (GPU benchmarks,
     tests). Must be asked for: a run without data sources and without this flag is rejected."""
     reproduce_window_overflow: bool = False
-    """Reproduce LargeScale's truncated [MASK] windows (GLM130B.md §2.3) instead of keeping every target."""
+    """Reproduce LargeScale's truncated [MASK] windows (docs/glm130b.md §2.3) instead of keeping every target."""
 
 
 @dataclass

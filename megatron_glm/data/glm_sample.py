@@ -1,4 +1,4 @@
-"""GLM sample layout (GLM130B.md §2.3): windows of Part A / Part B, positions, labels, masks.
+"""GLM sample layout (docs/glm130b.md §2.3): windows of Part A / Part B, positions, labels, masks.
 
 A training sequence is a list of *windows* packed back to back and padded to the sequence length:
 one 2048-token [gMASK] window, or four 512-token [MASK] / instruction windows. Inside a window,
@@ -59,7 +59,7 @@ class PackedSample:
 def gmask_window(text: Sequence[int], generation_length: int, special: SpecialTokens) -> Window:
     """[gMASK]: src + [gMASK, sop] + tgt[:-1]; targets src + [gMASK] + tgt; loss on tgt only.
 
-    Positions are plain 0..n-1 (no eop for [gMASK]; GLM130B.md §2.3 b).
+    Positions are plain 0..n-1 (no eop for [gMASK]; docs/glm130b.md §2.3 b).
     """
     text = np.asarray(text, dtype=np.int64)
     if not 1 <= generation_length <= len(text):
@@ -79,7 +79,7 @@ def mask_window(
 ) -> Window:
     """[MASK] blank infilling: each span [start, end) of `text` becomes one [MASK] in Part A; Part B
     holds the spans in `span_order` as sop + span, targets span + eop. Every Part-B token takes the
-    position of its span's [MASK] in the corrupted text (GLM130B.md §2.3 a)."""
+    position of its span's [MASK] in the corrupted text (docs/glm130b.md §2.3 a)."""
     text = np.asarray(text, dtype=np.int64)
     spans = sorted((int(s), int(e)) for s, e in spans)
     for (s0, e0), (s1, _) in zip(spans, spans[1:]):
@@ -118,7 +118,7 @@ def instruction_window(text: Sequence[int], target: Sequence[int], special: Spec
     """Multitask (MIP) example: text + [MASK, sop] + target; targets text + [MASK] + target + eop.
 
     Positions are linear 0..n-1, LargeScale's convention at the start and end of training
-    (GLM130B.md §2.3 c).
+    (docs/glm130b.md §2.3 c).
     """
     text = np.asarray(text, dtype=np.int64)
     target = np.asarray(target, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The random choices of GLM-130B's pretraining mix (GLM130B.md §2.3, §2.6) on top of glm_sample.
+"""The random choices of GLM-130B's pretraining mix (docs/glm130b.md §2.3, §2.6) on top of glm_sample.
 
 `glm_sample` turns explicit choices (which spans, where the generation starts) into windows; this
 module makes those choices with a `numpy.random.Generator`, so a sequence is a deterministic
@@ -11,7 +11,7 @@ function of the generator's state:
 * `glm_sequence`    - the per-sequence Bernoulli draw, 30% [MASK] vs 70% [gMASK].
 
 MIP replaces 5% of *sequences* at the dataset level (a weighted concat of the text and MIP datasets,
-GLM130B.md §2.6), so it is not drawn here: the data pipeline calls `instruction_sequence` for MIP
+docs/glm130b.md §2.6), so it is not drawn here: the data pipeline calls `instruction_sequence` for MIP
 rows and `glm_sequence` for text rows.
 
 Where this differs from LargeScale's collator (glm/collator.py @aa2401a), on purpose:
@@ -63,13 +63,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GLMObjectiveConfig:
-    """GLM-130B's pretraining mix (GLM130B.md §2.3); field docstrings say where each number comes from."""
+    """GLM-130B's pretraining mix (docs/glm130b.md §2.3); field docstrings say where each number comes from."""
 
     seq_length: int = 2048
     """Tokens per training sequence (P Table 11 `seq_length 2048`)."""
 
     row_length: int = 2000
-    """Tokens of raw text per sequence (`length_per_sample 2000`, GLM130B.md §2.2)."""
+    """Tokens of raw text per sequence (`length_per_sample 2000`, docs/glm130b.md §2.2)."""
 
     mask_probability: float = 0.3
     """p of a [MASK] ("bert") sequence; else [gMASK] (`gpt_prob 0.7`, §2.3)."""
@@ -101,7 +101,7 @@ class GLMObjectiveConfig:
 
     reproduce_window_overflow: bool = False
     """LargeScale truncated each 512 window after building it (pad_batch), losing ~35 target tokens
-    of Part B in 96% of windows (GLM130B.md §2.3 quirk).
+    of Part B in 96% of windows (docs/glm130b.md §2.3 quirk).
 
     True: reproduce that. Each window holds the full 500-token piece; spans are drawn until they
     cover int(0.15 * 500) tokens; `pack_windows` truncates the window to 512, so the spans that come
@@ -264,7 +264,7 @@ def sample_spans(rng: np.random.Generator, length: int, config: GLMObjectiveConf
 def sample_mask_window(
     rng: np.random.Generator, piece: np.ndarray, config: GLMObjectiveConfig, special: SpecialTokens
 ) -> Window:
-    """One [MASK] window from one piece of text (GLM130B.md §2.3 a).
+    """One [MASK] window from one piece of text (docs/glm130b.md §2.3 a).
 
     In order: with p short_seq_prob cut the piece to rng.integers(32, len) tokens (kept from its
     beginning; skipped for pieces of <= 32 tokens); `sample_spans`; keep the fitted length of the
@@ -304,7 +304,7 @@ def mask_sequence(
 def gmask_sequence(
     rng: np.random.Generator, text: np.ndarray, config: GLMObjectiveConfig, special: SpecialTokens
 ) -> PackedSample:
-    """A [gMASK] sequence (GLM130B.md §2.3 b): L = len(text) = row_length (2000);
+    """A [gMASK] sequence (docs/glm130b.md §2.3 b): L = len(text) = row_length (2000);
     gen_len = rng.integers(int(min_gmask_ratio * L), L, endpoint=True) (uniform on [400, 2000]);
     src = text[:L-gen_len], tgt = text[L-gen_len:]; one window of seq_length (2048) holding
     src + [gMASK, sop] + tgt[:-1] (L + 1 tokens), positions 0..n-1, no eop, loss on tgt only."""
@@ -324,7 +324,7 @@ def gmask_sequence(
 def truncate_instruction(
     text: np.ndarray, target: np.ndarray, window_length: int
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """LargeScale's `_get_single_multitask_data` truncation (GLM130B.md §2.3 c).
+    """LargeScale's `_get_single_multitask_data` truncation (docs/glm130b.md §2.3 c).
 
     If |text| + |target| + 2 > window_length, the text is cut to
     max(window_length // 4, window_length - |target| - 2) tokens (128 for a 512 window), keeping its
@@ -345,7 +345,7 @@ def truncate_instruction(
 def instruction_sequence(
     examples: Sequence[Tuple[np.ndarray, np.ndarray]], config: GLMObjectiveConfig, special: SpecialTokens
 ) -> PackedSample:
-    """A multitask (MIP) sequence (GLM130B.md §2.3 c, §2.6): exactly mask_windows (4) (text, target)
+    """A multitask (MIP) sequence (docs/glm130b.md §2.3 c, §2.6): exactly mask_windows (4) (text, target)
     examples, each truncated by `truncate_instruction` and made into a window of 512 by
     `instruction_window` (text + [MASK, sop] + target; labels text + [MASK] + target + eop; loss on
     target + eop; bidirectional over text + [MASK]).

@@ -2,7 +2,7 @@
 
 Text is a learnable toy language: runs of tokens that count upward by a per-run step, so a model
 can lower its loss within a few dozen steps. Every sequence is one of GLM's two pretraining kinds
-(GLM130B.md §2.3): a [gMASK] sequence (one window, generation cut from the end) or a [MASK]
+(docs/glm130b.md §2.3): a [gMASK] sequence (one window, generation cut from the end) or a [MASK]
 sequence (four windows, a few spans each), chosen 30% / 70% like GLM-130B.
 """
 

@@ -4,7 +4,7 @@ Models trained by `glm-prep train-tokenizer` carry the specials as sentencepiece
 at fixed ids (pad 0, unk 1, </s> 2, [MASK] 3, [gMASK] 4, [sMASK] 5, <eod> 6, <sop> 7, <eop> 8):
 control symbols are never produced from raw text, so a document containing the characters
 "[MASK]" cannot inject a mask token. Any other sentencepiece model (e.g. a team's icetk text model,
-whose specials live after its 150000 pieces: GLM130B.md §2.1) works too, with the ids given
+whose specials live after its 150000 pieces: docs/glm130b.md §2.1) works too, with the ids given
 explicitly; ids beyond the model's own pieces extend the vocabulary.
 
 Only sentencepiece and numpy are imported here: glm-prep's workers must start fast (no torch).
@@ -26,7 +26,7 @@ SPECIAL_PIECES = {"mask": "[MASK]", "gmask": "[gMASK]", "smask": "[sMASK]", "eod
 
 GLM_130B_SPECIAL_IDS = {"pad": 0, "mask": 150000, "gmask": 150001, "smask": 150002, "eod": 150003,
                         "sop": 150004, "eop": 150005}
-"""icetk's ids (GLM130B.md §2.1), for teams tokenising with GLM-130B's own text model."""
+"""icetk's ids (docs/glm130b.md §2.1), for teams tokenising with GLM-130B's own text model."""
 
 
 class TokenizerError(ValueError):

@@ -1,6 +1,6 @@
 """GLMModel: embedding -> DeepNorm layers -> final LN -> tied, vocab-parallel LM head.
 
-Inputs follow GLM's sample format (GLM130B.md §2.3): token ids, explicit position ids (any
+Inputs follow GLM's sample format (docs/glm130b.md §2.3): token ids, explicit position ids (any
 integers: [MASK] Part-B tokens repeat their [MASK]'s position, packed windows restart at 0) and a
 boolean attention mask [b, 1, s, s] with True = masked (prefix-LM, block-diagonal across windows).
 Every pipeline stage receives position ids and the mask (each layer applies RoPE and the mask);

@@ -1,4 +1,4 @@
-"""Embedding Gradient Shrink (GLM130B.md §4.2): x * alpha + x.detach() * (1 - alpha).
+"""Embedding Gradient Shrink (docs/glm130b.md §4.2): x * alpha + x.detach() * (1 - alpha).
 
 The forward value is unchanged; the gradient that flows back through x is multiplied by alpha.
 GLM-130B applies it to the word-embedding output and (from step ~22.8k) to the tied weight used for

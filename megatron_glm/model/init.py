@@ -1,4 +1,4 @@
-"""GLM-130B's initialisation (GLM130B.md §1.5): DeepNorm's beta-scaled Xavier normal.
+"""GLM-130B's initialisation (docs/glm130b.md §1.5): DeepNorm's beta-scaled Xavier normal.
 
 Xavier normal uses the *full* (un-partitioned) shapes, so every std below is a constant of the
 model, and the same function initialises a whole weight (CPU init) or one TP shard (GPU init).

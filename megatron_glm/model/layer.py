@@ -1,4 +1,4 @@
-"""The DeepNorm Post-LN transformer layer of GLM-130B (GLM130B.md §1.2, §9 fact 1).
+"""The DeepNorm Post-LN transformer layer of GLM-130B (docs/glm130b.md §1.2).
 
     x = input_layernorm(h);      h = alpha * x + dropout(attention(x) + b_o)
     y = pre_mlp_layernorm(h);    h = alpha * y + dropout(mlp(y) + b_2)

@@ -1,4 +1,4 @@
-"""GeGLU feed-forward with GELU on the *second* half (GLM130B.md §1.4, §9 fact 2).
+"""GeGLU feed-forward with GELU on the *second* half (docs/glm130b.md §1.4).
 
 On every TP rank fc1's local output is [x1 | x2] and the activation is x1 * gelu(x2), exact (erf)
 GELU, bias added before the split. megatron-core's MLP activates the first half and its fused

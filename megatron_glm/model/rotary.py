@@ -1,4 +1,4 @@
-"""RoPE gathered by explicit position ids (GLM130B.md §1.3, §9 fact 5).
+"""RoPE gathered by explicit position ids (docs/glm130b.md §1.3).
 
 megatron-core's RotaryEmbedding produces angles for arange(seq_len). GLM needs the angle of each
 token's *position id*: [MASK] Part-B tokens repeat the position of their [MASK], packed 512-token

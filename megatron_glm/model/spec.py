@@ -3,7 +3,7 @@
 Attention is megatron-core's SelfAttention with the fused, per-head-interleaved QKV
 (ColumnParallelLinear, rows [head][q, k, v][d], the layout of GLM-130B's checkpoints) and the
 local DotProductAttention: an explicit boolean mask (True = masked, filled with -10000), scores
-scaled and softmaxed in FP32 (GLM130B.md §1.3) -- or, with attention_backend "sdpa", torch's fused
+scaled and softmaxed in FP32 (docs/glm130b.md §1.3) -- or, with attention_backend "sdpa", torch's fused
 scaled_dot_product_attention with the same mask. The mask type is `arbitrary` because GLM's masks
 are prefix-LM and block-diagonal, not causal: flash/causal kernels must not be used.
 """

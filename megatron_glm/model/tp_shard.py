@@ -2,7 +2,7 @@
 
 megatron-core marks every tensor-parallel parameter with `partition_dim` and `partition_stride`.
 A stride-2 parameter is GeGLU's fc1: the full matrix is [X1; X2] and rank r of k holds
-[X1_r; X2_r], i.e. chunks r and k + r of 2k (GLM130B.md §6, GLU-aware split). Stride 1 covers
+[X1_r; X2_r], i.e. chunks r and k + r of 2k (docs/glm130b.md §6, GLU-aware split). Stride 1 covers
 everything else, including the per-head-interleaved QKV, whose contiguous split is the head split.
 Layer keys are global in a whole state dict ("decoder.layers.<global index>") and local in a chunk.
 """

@@ -25,9 +25,9 @@ class GLMTransformerConfig(TransformerConfig):
     """megatron-core's TransformerConfig plus the GLM-only settings."""
 
     deepnorm_init: Optional[DeepNormInit] = None
-    """Init functions for q/k/v, projections, FFN and embedding (GLM130B.md §1.5)."""
+    """Init functions for q/k/v, projections, FFN and embedding (docs/glm130b.md §1.5)."""
     deepnorm_residual_scale: float = 1.0
-    """alpha = sqrt(2N): the residual is alpha * LN(h) (GLM130B.md §1.2)."""
+    """alpha = sqrt(2N): the residual is alpha * LN(h) (docs/glm130b.md §1.2)."""
     rotary_base: float = 10000.0
 
 

@@ -19,7 +19,7 @@ relative of being, a spike, and for non-finite and warm-up steps. Its baselines 
 ``_scan``'s by rounding only (<= ~1e-12 relative, measured), so it makes the same decisions unless a
 value lies within that rounding difference of a threshold; the trainer never takes this path.
 
-Background (GLM-130B §4, see shared/GLM130B.md): grad-norm spikes preceded loss
+Background (GLM-130B §4, see shared/docs/glm130b.md): grad-norm spikes preceded loss
 collapse by a few steps; the run was rolled back and data skipped twice (40701-40900,
 42401-42600). The detector flags both kinds of event so the guard can act early.
 

@@ -4,7 +4,7 @@ A global batch of B samples starting at stream sample c holds samples [c, c + B)
 a batch-size ramp-up, so batches are addressed by their first sample); data-parallel rank r takes
 its contiguous share [c + r * B / dp, c + (r + 1) * B / dp), and every pipeline stage and tensor-parallel rank of that data-
 parallel rank builds exactly the same micro-batches (GLM-130B once trained for weeks with stages
-seeing different data: GLM130B.md §4.1).
+seeing different data: docs/glm130b.md §4.1).
 """
 
 from __future__ import annotations

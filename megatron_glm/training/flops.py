@@ -1,4 +1,4 @@
-"""Training FLOPs, hardware FLOPs and MFU for the GLM architecture (GLM130B.md §1.1, §3).
+"""Training FLOPs, hardware FLOPs and MFU for the GLM architecture (docs/glm130b.md §1.1, §3).
 
 Formula (the same as bench/gpu_layer_stack.py), per token, forward pass, with h = hidden size,
 f = GeGLU inner size (fc1 has 2f outputs), s = sequence length, V = padded vocabulary, L = layers:
@@ -21,7 +21,7 @@ the prefix (and the [MASK] spans attend to their whole context), and the unfused
 every s x s score anyway. Biases, LayerNorm, softmax, GeLU and RoPE are elementwise and ignored
 (as in the Megatron-LM / PaLM accounting).
 
-Check against the paper (GLM130B.md §3, [LOG]): the 96-node speed test at global batch 4224
+Check against the paper (docs/glm130b.md §3, [LOG]): the 96-node speed test at global batch 4224
 (4224 x 2048 tokens per step) on 768 A100s took 88.5 s/iter and was reported as 134 TFLOP/s per
 GPU of *hardware* FLOPs, with full recompute. This formula gives 134.15 TFLOP/s hardware (+0.1%)
 and 100.96 TFLOP/s model FLOPs, i.e. HFU 43.0% and MFU 32.4% of the A100's 312, against the paper's
@@ -114,7 +114,7 @@ def tflops_per_gpu(flops_per_sequence: float, sequences: int, seconds: float, nu
 
 
 def glm130b_throughput_check(model: Optional[ModelConfig] = None) -> Dict[str, float]:
-    """Our formula applied to GLM-130B's reported speed test (GLM130B.md §3 'throughput' row):
+    """Our formula applied to GLM-130B's reported speed test (docs/glm130b.md §3 'throughput' row):
     batch 4224 x 2048 tokens, 768 A100s, 88.5 s/iter, full recompute; reported 134 TFLOP/s hardware.
 
     Returns model and hardware TFLOP/s per GPU, MFU/HFU against the A100 peak and the relative

@@ -1,4 +1,4 @@
-"""Sample-based learning-rate schedule and global-batch ramp-up (GLM130B.md §3), on megatron-core.
+"""Sample-based learning-rate schedule and global-batch ramp-up (docs/glm130b.md §3), on megatron-core.
 
 LR: linear warmup from 0 over `warmup_samples`, cosine from the peak to `min_lr` ending at
 `decay_samples` (counted from sample 0, like Megatron: the cosine spans warmup_samples ..
@@ -25,7 +25,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 @dataclass
 class LRScheduleConfig:
-    """GLM-130B's LR schedule (GLM130B.md §3; LargeScale configs/wudao/wudao-130B.sh): peak 8e-5,
+    """GLM-130B's LR schedule (docs/glm130b.md §3; LargeScale configs/wudao/wudao-130B.sh): peak 8e-5,
     min 8e-6, warmup 1,098,632 samples (0.5% of the 219,726,562 planned), cosine decay until sample
     197,753,905 (90% of planned), then min_lr. Warmup starts from 0 as in the code (the paper's
     "from 1e-7" is not what ran).
@@ -108,7 +108,7 @@ def lr_at_samples(config: LRScheduleConfig, consumed_samples: float) -> float:
 
 @dataclass
 class BatchRampup:
-    """GLM-130B's global batch ramp-up (GLM130B.md §3): Megatron `--rampup-batch-size 192 24 5493164`
+    """GLM-130B's global batch ramp-up (docs/glm130b.md §3): Megatron `--rampup-batch-size 192 24 5493164`
     with global batch 4224 = 176 micro-batches x 24 DP (micro batch 1).
 
     megatron-core: (4224 - 192) / 24 = 168 increments, one per ramp_samples / 168 = 32,697.40476...

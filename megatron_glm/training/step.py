@@ -5,7 +5,7 @@ The pieces the training loop, the CPU demo and the layout-equivalence tests shar
 - `build_optimizer`: megatron-core's Adam(W); `use_distributed_optimizer` shards its state (ZeRO-1);
 - `train_step`: one global batch through `get_forward_backward_func` (no pipelining, 1F1B, or
   interleaved 1F1B) and one optimizer step; the loss is GLM's per-sequence token mean
-  (GLM130B.md §2.4), averaged over the sequences of the global batch.
+  (docs/glm130b.md §2.4), averaged over the sequences of the global batch.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def collate(samples: Sequence[PackedSample]) -> MicroBatch:
 
 
 def sequence_losses(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """[b]: sum(loss * mask) / sum(mask) of each sequence (GLM130B.md §2.4)."""
+    """[b]: sum(loss * mask) / sum(mask) of each sequence (docs/glm130b.md §2.4)."""
     return (token_loss * loss_mask).sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1.0)
 
 
@@ -142,7 +142,7 @@ def build_optimizer(
         bf16=config.bf16,
         params_dtype=config.params_dtype,
         use_distributed_optimizer=use_distributed_optimizer,
-        # Dynamic loss scaling as GLM-130B (GLM130B.md §3): start 2^16, hysteresis 2, floor 1,
+        # Dynamic loss scaling as GLM-130B (docs/glm130b.md §3): start 2^16, hysteresis 2, floor 1,
         # window 200 (its DeepSpeed config).
         initial_loss_scale=2.0**16,
         min_loss_scale=1.0,

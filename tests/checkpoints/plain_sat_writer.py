@@ -1,4 +1,4 @@
-"""An independent GLM-130B SAT writer for the tests, written from GLM130B.md §6 in plain PyTorch.
+"""An independent GLM-130B SAT writer for the tests, written from docs/glm130b.md §6 in plain PyTorch.
 
 It shares nothing with checkpoints/: its own name table and split rules straight from the §6 table
 (word embeddings, QKV and GLU fc1 on dim 0 -- fc1 split GLU-aware as tools/convert_tp.py does --,

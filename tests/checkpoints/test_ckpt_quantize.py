@@ -1,4 +1,4 @@
-"""Must-be-true 3: INT8/INT4 weight-only quantisation as GLM130B.md §5 -- dequantised weights within
+"""Must-be-true 3: INT8/INT4 weight-only quantisation as docs/glm130b.md §5 -- dequantised weights within
 one absmax step of the originals, INT4 packing exact, per-row scales of the local TP shard, and the
 logit error of a quantised checkpoint reported by `glm-ckpt compare`."""
 

@@ -48,7 +48,7 @@ def test_dist_to_sat_tp2_to_sat_tp4_to_dist(capsys, tmp_path, train_ckpt, tiny_w
     convert(capsys, tmp_path / "sat4", tmp_path / "dist", "--to", "dist")
     assert max_abs_diff(logits(capsys, tmp_path / "dist", tiny_workdir / "inputs.pt", tmp_path / "l.pt"),
                         source_logits) == 0.0
-    # The TP4 shards have GLM130B.md §6's shapes (hidden 64, 4 heads, ffn 128, vocab 1024).
+    # The TP4 shards have docs/glm130b.md §6's shapes (hidden 64, 4 heads, ffn 128, vocab 1024).
     shard = torch.load(tmp_path / "sat4" / "12" / shard_name(3), weights_only=True)
     module = shard["module"]
     assert set(shard) == {"module"}

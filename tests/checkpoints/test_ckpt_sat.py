@@ -1,4 +1,4 @@
-"""Must-be-true 2: a SAT checkpoint written by an independent plain-PyTorch writer (GLM130B.md §6)
+"""Must-be-true 2: a SAT checkpoint written by an independent plain-PyTorch writer (docs/glm130b.md §6)
 imports and gives the logits of the independent float64 reference forward of the same weights;
 and our SAT export is, tensor for tensor, what that writer produces."""
 
