@@ -48,55 +48,88 @@ def _run(args: argparse.Namespace) -> int:
                                     verbose=args.verbose))
 
 
-GLM130B_RECIPE = {"gbs": 4224, "mbs": 1, "recompute": "full", "precision": "fp16", "grad_reduce_in_fp32": False}
-"""Defaults of `plan` for a bare model preset: GLM-130B's training recipe (docs/glm130b.md §3), fp16
-gradient buffers included (train.grad_reduce_in_fp32=false in a run config)."""
+GLM130B_RECIPE = ("train.global_batch_size=4224", "train.micro_batch_size=1", "recompute.granularity=full",
+                  "precision=fp16", "train.grad_reduce_in_fp32=false")
+"""What `plan` assumes for a bare model preset: GLM-130B's training recipe (docs/glm130b.md §3) as
+run-config settings, so a run config with the same settings is sized (and submitted) the same."""
+
+
+def _layout_flag_overrides(args: argparse.Namespace, run) -> List[str]:
+    """plan's layout flags (--tp, --pp, ...) as the run-config settings they stand for. --pp
+    brings lighter first/last stages when the layers do not divide evenly (GLM-130B's 8/9x6/8)."""
+    from megatron_glm.config.validate import uneven_pipeline_split
+
+    settings = []
+    if args.tp:
+        settings.append(f"parallel.tensor={args.tp}")
+    if args.pp and (args.pp != run.parallel.pipeline or run.parallel.first_stage_layers is None):
+        settings.append(f"parallel.pipeline={args.pp}")
+        split = uneven_pipeline_split(run.model.num_layers, args.pp) or (None, None)
+        settings += [f"parallel.first_stage_layers={'null' if split[0] is None else split[0]}",
+                     f"parallel.last_stage_layers={'null' if split[1] is None else split[1]}"]
+    for flag, key in (("dp", "parallel.data"), ("vpp", "parallel.virtual_pipeline"), ("mbs", "train.micro_batch_size"),
+                      ("gbs", "train.global_batch_size"), ("recompute", "recompute.granularity"),
+                      ("precision", "precision")):
+        if getattr(args, flag):
+            settings.append(f"{key}={getattr(args, flag)}")
+    if args.grad_dtype:
+        settings.append(f"train.grad_reduce_in_fp32={'true' if args.grad_dtype == 'fp32' else 'false'}")
+    return settings
 
 
 def _plan(args: argparse.Namespace) -> int:
+    """Sizes the run config that `submit` would train (the same layout, the same checks)."""
     from launch.clusters import load_cluster
-    from launch.memory import Layout
-    from launch.planner import balanced_split, format_plan, make_plan, search
+    from launch.fixes import fixes
+    from launch.planner import (format_plan, layout_problems, make_plan, run_layout, search,
+                                valid_choices)
     from megatron_glm.config.loader import load_run_config, model_preset_names
+    from megatron_glm.config.validate import config_problems
 
-    run = load_run_config(args.model, args.overrides)
-    cluster = load_cluster(args.cluster, args.set)
     bare_model = args.model in model_preset_names()
-    defaults = GLM130B_RECIPE if bare_model else {
-        "gbs": run.train.global_batch_size, "mbs": run.train.micro_batch_size,
-        "recompute": run.recompute.granularity, "precision": run.precision,
-        "grad_reduce_in_fp32": run.train.grad_reduce_in_fp32}
-    precision = args.precision or defaults["precision"]
-    grad_dtype = args.grad_dtype or ("fp32" if defaults["grad_reduce_in_fp32"]
-                                     or precision == "fp32" else precision)
-    base = Layout(tp=args.tp or (0 if bare_model else run.parallel.tensor),
-                  pp=args.pp or (0 if bare_model else run.parallel.pipeline),
-                  dp=args.dp or 0, vpp=args.vpp or (run.parallel.virtual_pipeline or 1),
-                  mbs=args.mbs or defaults["mbs"], gbs=args.gbs or defaults["gbs"],
-                  recompute=args.recompute or defaults["recompute"], precision=precision, grad_dtype=grad_dtype)
-    if not (base.tp and base.pp):
-        base = dataclasses.replace(base, mbs=args.mbs or 0, recompute=args.recompute or "")
-        plans, tried = search(run, cluster, base, limit=args.top)
+    settings = (list(GLM130B_RECIPE) if bare_model else []) + list(args.overrides)
+    cluster = load_cluster(args.cluster, args.set)
+    run = load_run_config(args.model, settings)
+    settings += _layout_flag_overrides(args, run)
+    run = load_run_config(args.model, settings)
+    if args.grad_dtype and args.grad_dtype != "fp32" and args.grad_dtype != run.precision:
+        raise ConfigError(f"--grad-dtype {args.grad_dtype}: half-precision gradient buffers are in the "
+                          f"training precision ({run.precision}); use --grad-dtype {run.precision} or fp32")
+    if bare_model and not (args.tp and args.pp):
+        base = dataclasses.replace(run_layout(run, cluster), tp=args.tp or 0, pp=args.pp or 0, dp=0,
+                                   mbs=args.mbs or 0, recompute=args.recompute or "")
+        plans, tried = search(run, cluster, base)
         if args.json:
-            print(json.dumps({"searched": tried, "fitting": [plan.to_json() for plan in plans]}))
-        else:
-            print(f"{len(plans)} of {tried} layouts of {cluster.world_size} ranks fit (best first):")
-            for rank, plan in enumerate(plans, 1):
-                lay, t = plan.layout, plan.throughput
-                print(f"  {rank:>2}. TP {lay.tp} x PP {lay.pp} x DP {lay.dp}, mbs {lay.mbs}, recompute {lay.recompute}: "
-                      f"{plan.peak.total_gb:.1f} GB, {t.step_time_s:.1f} s/step, {t.tokens_per_s:,.0f} tokens/s, "
-                      f"{t.tflops_per_gpu_hardware:.0f} TFLOP/s hw, MFU {100 * t.mfu:.1f}%")
+            print(json.dumps({"searched": tried, "fit": len(plans), "fitting": [p.to_json() for p in plans[:args.top]]}))
+            return 0 if plans else 1
+        shown = f" (best {args.top} shown)" if len(plans) > args.top else ""
+        print(f"{len(plans)} of {tried} layouts of {cluster.world_size} ranks fit{shown}, best first:")
+        for rank, plan in enumerate(plans[:args.top], 1):
+            lay, t = plan.layout, plan.throughput
+            print(f"  {rank:>2}. TP {lay.tp} x PP {lay.pp} x DP {lay.dp}, mbs {lay.mbs}, recompute {lay.recompute}: "
+                  f"{plan.peak.total_gb:.1f} GB, {t.step_time_s:.1f} s/step, {t.tokens_per_s:,.0f} tokens/s, "
+                  f"{t.tflops_per_gpu_hardware:.0f} TFLOP/s hw, MFU {100 * t.mfu:.1f}%")
         return 0 if plans else 1
-    if base.first_stage_layers is None and base.last_stage_layers is None:
-        if bare_model or (args.pp and args.pp != run.parallel.pipeline):
-            split = balanced_split(run.model.num_layers, base.pp) or (None, None)
-        else:
-            split = (run.parallel.first_stage_layers, run.parallel.last_stage_layers)
-        base = dataclasses.replace(base, first_stage_layers=split[0], last_stage_layers=split[1])
-    if not base.dp:
-        base = dataclasses.replace(base, dp=max(1, cluster.world_size // (base.tp * base.pp)))
-    plan = make_plan(run, base, cluster)
-    print(json.dumps(plan.to_json()) if args.json else format_plan(plan, run, cluster))
+    layout = run_layout(run, cluster)
+    invalid = config_problems(run, world_size=cluster.world_size) or layout_problems(run, layout, cluster)
+    if invalid:
+        print(f"glm-launch plan: invalid layout for {cluster.name} ({cluster.world_size} GPUs):\n"
+              + "\n".join(f"- {p}" for p in invalid) + "\nvalid choices:\n"
+              + "\n".join(f"  {line}" for line in valid_choices(run, layout, cluster)), file=sys.stderr)
+        return 2
+    plan = make_plan(run, layout, cluster)
+    found = [] if plan.fits else fixes(run, layout, cluster)
+    if args.json:
+        print(json.dumps({**plan.to_json(), "settings": settings,
+                          "fixes": [{"overrides": f.overrides, "peak_gb": round(f.plan.peak.total_gb, 3),
+                                     "tokens_per_s": f.plan.throughput.tokens_per_s} for f in found]}))
+        return 0 if plan.fits else 1
+    print(format_plan(plan, run, cluster))
+    if bare_model:
+        print(f"\nwhere no flag says otherwise, GLM-130B's recipe: {' '.join(GLM130B_RECIPE)}")
+    if not plan.fits:
+        print("\nto fit, " + ("change one of:\n" + "\n".join(f"  {f.describe()}" for f in found)
+                              if found else "no change of one or two settings is enough; leave out --tp/--pp to search"))
     return 0 if plan.fits else 1
 
 

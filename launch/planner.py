@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from launch.clusters import ClusterProfile
 from launch.memory import Layout, StageMemory, memory_per_stage
 from launch.performance import Throughput, describe_constants, predict
 from megatron_glm.config.schema import RunConfig
+from megatron_glm.config.validate import uneven_pipeline_split
 
 RECOMPUTE_ORDER = ("none", "selective", "full")
 
@@ -66,22 +67,45 @@ class Plan:
         }
 
 
-def balanced_split(num_layers: int, pp: int) -> Optional[Tuple[Optional[int], Optional[int]]]:
-    """(first, last) stage layers for `pp` stages: None, None when the layers divide evenly; else
-    equal lighter first/last stages (they also hold the embedding / LM head) with the middle stages
-    even, as close to balanced as possible; None when no such split exists."""
-    if pp == 1 or num_layers % pp == 0:
-        return None, None
-    if pp == 2:
-        return None
-    best = None
-    for ends in range(1, num_layers // pp + 1):
-        rest = num_layers - 2 * ends
-        if rest > 0 and rest % (pp - 2) == 0 and rest // (pp - 2) > ends:
-            gap = rest // (pp - 2) - ends
-            if best is None or gap < best[0]:
-                best = (gap, ends)
-    return (best[1], best[1]) if best else None
+def run_layout(run: RunConfig, cluster: ClusterProfile) -> Layout:
+    """The layout a run config trains with on `cluster`: what `submit` checks and `plan` sizes."""
+    par = run.parallel
+    dp = par.data or max(1, cluster.world_size // (par.tensor * par.pipeline))
+    return Layout(tp=par.tensor, pp=par.pipeline, dp=dp, vpp=par.virtual_pipeline or 1,
+                  mbs=run.train.micro_batch_size, gbs=run.train.global_batch_size,
+                  recompute=run.recompute.granularity, precision=run.precision,
+                  grad_dtype="fp32" if run.train.grad_reduce_in_fp32 or run.precision == "fp32"
+                  else run.precision,
+                  first_stage_layers=par.first_stage_layers, last_stage_layers=par.last_stage_layers)
+
+
+def valid_tp(run: RunConfig, cluster: ClusterProfile) -> List[int]:
+    """Tensor-parallel sizes that divide the heads and stay inside one node."""
+    return [tp for tp in _divisors(run.model.num_attention_heads)
+            if cluster.gpus_per_node % tp == 0 and cluster.world_size % tp == 0]
+
+
+def valid_pp(run: RunConfig, cluster: ClusterProfile, tp: int) -> List[int]:
+    """Pipeline sizes that leave a whole data-parallel size and split the layers (evenly, or
+    with lighter first/last stages)."""
+    return [pp for pp in _divisors(cluster.world_size // tp) if cluster.world_size % tp == 0
+            and pp <= run.model.num_layers and uneven_pipeline_split(run.model.num_layers, pp) is not None]
+
+
+def valid_choices(run: RunConfig, layout: Layout, cluster: ClusterProfile) -> List[str]:
+    """What the user can choose instead of an invalid layout, one line per setting."""
+    tps = valid_tp(run, cluster)
+    lines = [f"TP: {', '.join(map(str, tps))} (divide {run.model.num_attention_heads} heads and "
+             f"{cluster.gpus_per_node} GPUs per node)"]
+    tp = layout.tp if layout.tp in tps else max(tps)
+    lines.append(f"PP with TP {tp}: {', '.join(map(str, valid_pp(run, cluster, tp)))} (TP x PP divides "
+                 f"{cluster.world_size} GPUs; {run.model.num_layers} layers split over the stages)")
+    if layout.world == cluster.world_size:
+        unit = layout.mbs * layout.dp
+        examples = sorted({max(unit, layout.gbs // unit * unit), (layout.gbs // unit + 1) * unit})
+        lines.append(f"global batch with micro-batch {layout.mbs} x DP {layout.dp}: a multiple of {unit} "
+                     f"(e.g. {' or '.join(map(str, examples))})")
+    return lines
 
 
 def layout_problems(run: RunConfig, layout: Layout, cluster: ClusterProfile) -> List[str]:
@@ -95,7 +119,10 @@ def layout_problems(run: RunConfig, layout: Layout, cluster: ClusterProfile) -> 
     if layout.tp > cluster.gpus_per_node or cluster.gpus_per_node % layout.tp:
         problems.append(f"TP {layout.tp} groups would span nodes ({cluster.gpus_per_node} GPUs per node): "
                         f"all-reduces over InfiniBand on every layer; choose a divisor of {cluster.gpus_per_node}")
-    if layout.gbs % (layout.mbs * layout.dp):
+    if 0 < layout.gbs < layout.mbs * layout.dp:
+        problems.append(f"global batch {layout.gbs} < micro-batch {layout.mbs} x DP {layout.dp}: it leaves "
+                        f"0 micro-batches per data-parallel rank")
+    elif layout.gbs % (layout.mbs * layout.dp):
         problems.append(f"global batch {layout.gbs} is not a multiple of micro-batch {layout.mbs} x DP {layout.dp}")
     if layout.vpp > 1 and layout.pp == 1:
         problems.append("a virtual pipeline needs PP > 1")
@@ -130,8 +157,8 @@ def _divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def search(run: RunConfig, cluster: ClusterProfile, base: Layout, limit: int = 10) -> Tuple[List[Plan], int]:
-    """Layouts of `cluster`'s world that fit, best predicted tokens/s first; and how many were tried.
+def search(run: RunConfig, cluster: ClusterProfile, base: Layout) -> Tuple[List[Plan], int]:
+    """All layouts of `cluster`'s world that fit, best predicted tokens/s first; and how many were tried.
     Fields of `base` that are not 0/None are kept fixed (e.g. --recompute full, --mbs 1)."""
     m = run.model
     world = cluster.world_size
@@ -142,7 +169,7 @@ def search(run: RunConfig, cluster: ClusterProfile, base: Layout, limit: int = 1
         for pp in _divisors(world // tp):
             if pp > m.num_layers or (base.pp and pp != base.pp):
                 continue
-            split = balanced_split(m.num_layers, pp)
+            split = uneven_pipeline_split(m.num_layers, pp)
             if split is None:
                 continue
             dp = world // (tp * pp)
@@ -157,7 +184,7 @@ def search(run: RunConfig, cluster: ClusterProfile, base: Layout, limit: int = 1
                     if plan.fits:
                         fitting.append(plan)
     fitting.sort(key=lambda plan: -plan.throughput.tokens_per_s)
-    return fitting[:limit], tried
+    return fitting, tried
 
 
 def format_plan(plan: Plan, run: RunConfig, cluster: ClusterProfile) -> str:

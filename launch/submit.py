@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from launch.clusters import ClusterProfile, load_cluster
-from launch.memory import Layout
-from launch.planner import make_plan
+from launch.fixes import fixes
+from launch.planner import make_plan, run_layout
 from launch.sbatch import SCRIPT_NAME, JobSpec, render
 from megatron_glm.config.loader import ConfigError, load_run_config, to_yaml
 from megatron_glm.config.schema import RunConfig
@@ -40,18 +40,6 @@ class SubmitRequest:
     signal_seconds: Optional[int] = None
     name: Optional[str] = None
     dry_run: bool = False
-
-
-def run_layout(run: RunConfig, cluster: ClusterProfile) -> Layout:
-    """The layout the trainer will use on this cluster (fp32 gradient buffers: the trainer's DDP)."""
-    par = run.parallel
-    dp = par.data or max(1, cluster.world_size // (par.tensor * par.pipeline))
-    return Layout(tp=par.tensor, pp=par.pipeline, dp=dp, vpp=par.virtual_pipeline or 1,
-                  mbs=run.train.micro_batch_size, gbs=run.train.global_batch_size,
-                  recompute=run.recompute.granularity, precision=run.precision,
-                  grad_dtype="fp32" if run.train.grad_reduce_in_fp32 or run.precision == "fp32"
-                  else run.precision,
-                  first_stage_layers=par.first_stage_layers, last_stage_layers=par.last_stage_layers)
 
 
 def _writable_dir_problem(path: Path, what: str) -> Optional[str]:
@@ -82,8 +70,14 @@ def problems_before_submit(run: RunConfig, cluster: ClusterProfile, run_dir: Pat
     if problem:
         problems.append(problem)
     if not problems:
-        plan = make_plan(run, run_layout(run, cluster), cluster)
+        layout = run_layout(run, cluster)
+        plan = make_plan(run, layout, cluster)
         problems.extend(f"planner: {p}" for p in plan.problems)
+        if not plan.fits:
+            found = fixes(run, layout, cluster)
+            problems.append("to fit, " + ("change one of (dotted.key=value overrides):\n" +
+                            "\n".join(f"    {fix.describe()}" for fix in found) if found else
+                            "no change of one or two settings is enough; search with `glm-launch plan --model MODEL`"))
     return problems
 
 

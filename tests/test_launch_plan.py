@@ -106,9 +106,14 @@ def test_activation_model_equals_bytes_measured_on_cpu(shape):
 def test_bad_input_is_named(_plan):
     code, _, err = _plan("--model", "glm-130b", "--cluster", "dgx-a100-69")
     assert code == 2 and "unknown cluster profile 'dgx-a100-69'" in err and "dgx-a100-96" in err
-    code, out, _ = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--tp", "5", "--pp", "8", "--json")
-    assert code == 1
-    assert any("96 heads do not divide by TP 5" in p for p in json.loads(out)["problems"])
+    code, out, err = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--tp", "5", "--pp", "8")
+    assert code == 2 and not out  # an invalid layout is rejected before anything is sized
+    assert "model.num_attention_heads=96 is not divisible by parallel.tensor=5" in err
+    assert "world size 768 is not divisible by parallel.tensor x parallel.pipeline = 40" in err
+    assert "TP: 1, 2, 4, 8 (divide 96 heads and 8 GPUs per node)" in err
+    code, out, err = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--tp", "8", "--pp", "8", "--gbs", "8")
+    assert code == 2 and not out
+    assert "leaves 0 micro-batches per data-parallel rank" in err and "a multiple of 12" in err
     code, _, err = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--set", "device.memry_gb=80")
     assert code == 2 and "unknown field 'device.memry_gb'; did you mean 'memory_gb'?" in err
 
@@ -119,3 +124,20 @@ def test_cluster_profiles_load():
     assert "NCCL_IB_HCA" in dgx.env
     assert load_cluster("dgx-a100-96", ["slurm.partition=batch"]).slurm.partition == "batch"
     assert load_cluster("local-slurm").nodes == 2 and load_cluster("local").scheduler == "none"
+
+
+def test_search_reports_how_many_layouts_fit_whatever_is_shown(_plan):
+    code, out, _ = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--json", "--top", "50")
+    fitting = json.loads(out)
+    assert code == 0 and fitting["fit"] == len(fitting["fitting"]) > 3
+    code, out, _ = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", "--top", "3")
+    assert out.startswith(f"{fitting['fit']} of {fitting['searched']} layouts of 768 ranks fit (best 3 shown)")
+    assert len([line for line in out.splitlines() if line.startswith("   ")]) == 3
+
+
+def test_a_plan_that_does_not_fit_names_the_settings_that_would(_plan):
+    code, out, _ = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", *PAPER, "--grad-dtype", "fp32")
+    assert code == 1 and "does NOT fit: peak 41.7 GB of 40 GB" in out
+    fixes = out.split("to fit, change one of:")[1].splitlines()
+    assert fixes[1].startswith("  train.grad_reduce_in_fp32=false  ->  peak 33.6 GB")  # fewest changes, fastest first
+    assert "where no flag says otherwise, GLM-130B's recipe: train.global_batch_size=4224" in out

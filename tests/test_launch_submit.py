@@ -26,6 +26,18 @@ def _submit(capsys):
     return submit
 
 
+@pytest.fixture
+def _plan_json(capsys):
+    """glm-launch plan --json on dgx-a100-96 in this process."""
+    import json
+
+    def plan(model, *overrides):
+        main(["plan", "--model", model, "--cluster", "dgx-a100-96", "--json", *overrides])
+        return json.loads(capsys.readouterr().out)
+
+    return plan
+
+
 def test_dry_run_for_dgx_a100_96_is_a_complete_sbatch_script(_submit, tmp_path):
     result = _submit("glm-130b", "--cluster", "dgx-a100-96", "--run-dir", str(tmp_path / "run"),
                      "--set", "slurm.partition=batch", "--set", "slurm.exclude=[dgx017]", *GLM130B_TP8, "--dry-run")
@@ -156,3 +168,24 @@ def test_plan_into_a_closed_pipe_is_quiet():
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "BrokenPipeError" not in err and "Traceback" not in err, err
+
+
+def test_submit_and_plan_size_the_same_config_the_same_way(_submit, _plan_json, tmp_path):
+    """The paper's layout with fp32 gradient buffers (the trainer's default): both say 41.7 GB, and
+    the refusal names the settings that fit (plan's own figure for them included)."""
+    paper = ["parallel.tensor=4", "parallel.pipeline=8", "parallel.first_stage_layers=8", "parallel.last_stage_layers=8",
+             "precision=fp16", "recompute.granularity=full", "train.global_batch_size=4224", "data.synthetic=true"]
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("model: glm-130b\n")
+    plan = _plan_json(str(run_yaml), *paper)
+    assert not plan["fits"] and plan["memory_gb"]["total"] == pytest.approx(41.7, abs=0.05)
+    result = _submit(str(run_yaml), "--cluster", "dgx-a100-96", "--run-dir", str(tmp_path / "run"), *paper)
+    assert result.returncode == 2 and f"needs {plan['memory_gb']['total']:.1f} GB > 40 GB" in result.stderr
+    assert "to fit, change one of (dotted.key=value overrides):" in result.stderr
+    assert "    train.grad_reduce_in_fp32=false  ->  peak 33.6 GB" in result.stderr
+    assert plan["fixes"][0]["overrides"] == ["train.grad_reduce_in_fp32=false"]
+    fixed = _plan_json(str(run_yaml), *paper, "train.grad_reduce_in_fp32=false")
+    assert fixed["fits"] and fixed["memory_gb"]["total"] == pytest.approx(33.6, abs=0.05)
+    result = _submit(str(run_yaml), "--cluster", "dgx-a100-96", "--run-dir", str(tmp_path / "run"), *paper,
+                     "train.grad_reduce_in_fp32=false", "--dry-run")
+    assert result.returncode == 0, result.stderr

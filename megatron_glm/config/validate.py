@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megatron_glm.config.loader import ConfigError
 from megatron_glm.config.schema import RunConfig
@@ -26,6 +26,25 @@ def _divisors(n: int, limit: int = 12) -> str:
     found = [d for d in range(1, n + 1) if n % d == 0]
     shown = ", ".join(str(d) for d in found[:limit])
     return shown + (", ..." if len(found) > limit else "")
+
+
+def uneven_pipeline_split(num_layers: int, pp: int) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """(first, last) stage layers for `pp` stages: (None, None) when the layers divide evenly; else
+    equal lighter first/last stages (they also hold the embedding and the LM head) with the middle
+    stages even and as close to balanced as possible (GLM-130B: 8 + 6 x 9 + 8 = 70 over 8 stages);
+    None when no such split exists."""
+    if pp == 1 or num_layers % pp == 0:
+        return None, None
+    if pp == 2:
+        return None
+    best = None
+    for ends in range(1, num_layers // pp + 1):
+        rest = num_layers - 2 * ends
+        if rest > 0 and rest % (pp - 2) == 0 and rest // (pp - 2) > ends:
+            gap = rest // (pp - 2) - ends
+            if best is None or gap < best[0]:
+                best = (gap, ends)
+    return (best[1], best[1]) if best else None
 
 
 def _check_divisible(problems: List[str], what: str, value: int, by_name: str, by: int) -> None:
@@ -73,10 +92,13 @@ def _pipeline_problems(config: RunConfig) -> List[str]:
         chunks = pp * (vpp or 1)
         what = "parallel.pipeline x parallel.virtual_pipeline" if vpp else "parallel.pipeline"
         if model.num_layers % chunks != 0:
+            split = uneven_pipeline_split(model.num_layers, pp) if not vpp else None
+            uneven = (f"set parallel.first_stage_layers={split[0]} parallel.last_stage_layers={split[1]} "
+                      f"(lighter first and last stages)" if split and split[0] else
+                      "set parallel.first_stage_layers/last_stage_layers for an uneven split")
             problems.append(
                 f"model.num_layers={model.num_layers} is not divisible by {what}={chunks}; "
-                f"choose a pipeline size from {_divisors(model.num_layers)} or set "
-                "parallel.first_stage_layers/last_stage_layers for an uneven split"
+                f"choose a pipeline size from {_divisors(model.num_layers)} or {uneven}"
             )
     return problems
 
@@ -226,7 +248,9 @@ def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
 
     def multiple_of_unit(what: str, value: int) -> None:
         if value % unit:
-            problems.append(f"{what}={value} must be a multiple of {unit_name}; e.g. {max(unit, value - value % unit)}")
+            empty = " (it leaves 0 micro-batches per data-parallel rank)" if value < unit else ""
+            problems.append(f"{what}={value} must be a multiple of {unit_name}{empty}; "
+                            f"e.g. {max(unit, value - value % unit)}")
 
     multiple_of_unit("train.global_batch_size", train.global_batch_size)
     if train.rampup_batch_size:
