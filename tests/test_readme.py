@@ -25,10 +25,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 RUN = "run as written"
 PARSE = "parsed: needs the user's corpora, checkpoints or a live run"
 COVERED = {
-    "make demo": "tests/test_cli.py runs the demo's training path; .ci/run runs make test",
-    "make test": ".ci/run",
+    "make demo": "minutes of training, run by hand before a release; its parts are tested: tests/conftest.py "
+                 "builds the demo datasets with the Makefile's glm-prep commands, tests/test_launch_run.py "
+                 "stops and resumes glm-launch run",
+    "make test": ".ci/run runs it on a clean clone",
     "pip install": ".ci/run installs from scratch; the container path is documentation",
-    "glm-launch run tiny-cpu": "the demo (make demo) and tests/test_launch_run.py",
+    "glm-launch run tiny-cpu": "make demo (above) and tests/test_launch_run.py",
     "glm-monitor serve": "a server: tests/test_monitor_server.py and tests/browser/",
 }
 RUNS_AS_WRITTEN = ("glm-train describe", "glm-launch plan", "glm-launch submit", "glm-launch status", "touch ")
