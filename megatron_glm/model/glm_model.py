@@ -9,7 +9,7 @@ the first stage also the tokens, the last stage the labels.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from megatron.core import tensor_parallel
@@ -103,19 +103,36 @@ class GLMModel(LanguageModule):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
+        inference_context: Optional[Any] = None,
+        logits_at: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Returns hidden states [s, b, h] (not the last stage), per-token fp32 loss [b, s] when
-        labels are given, else logits [b, s, vocab/TP] (or full vocab if parallel_output=False)."""
+        labels are given, else logits [b, s, vocab/TP] (or full vocab if parallel_output=False).
+
+        Inference only (megatron_glm.inference): `inference_context`, a megatron-core
+        StaticInferenceContext, makes attention append these tokens' keys (after RoPE) and values to
+        its KV cache and attend over the cache; `logits_at` [b] computes the logits of one position
+        per sequence only ([b, 1, vocab]).
+        """
         hidden_states = None
         if self.pre_process:
             hidden_states = self.embedding(input_ids=input_ids, position_ids=None)
             hidden_states = shrink_gradient(hidden_states, self.grad_shrink_alpha)
         rotary_angles = self.rotary(position_ids)
-        hidden_states = self.decoder(
-            hidden_states=hidden_states, attention_mask=attention_mask, rotary_pos_emb=rotary_angles
-        )
+        if inference_context is None:
+            hidden_states = self.decoder(
+                hidden_states=hidden_states, attention_mask=attention_mask, rotary_pos_emb=rotary_angles
+            )
+        else:
+            hidden_states = self.decoder(
+                hidden_states=hidden_states, attention_mask=attention_mask, rotary_pos_emb=rotary_angles,
+                inference_context=inference_context,
+            )
         if not self.post_process:
             return hidden_states
+        if logits_at is not None:
+            batch = torch.arange(hidden_states.size(1), device=hidden_states.device)
+            hidden_states = hidden_states[logits_at.to(hidden_states.device), batch][None]
 
         output_weight = self.shared_embedding_or_output_weight()
         if self.shrink_output_weight_gradient:

@@ -33,17 +33,23 @@ class DeepNormTransformerLayer(TransformerLayer):
         packed_seq_params: Optional[Any] = None,
         **unused: Any,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if context is not None or inference_context is not None or packed_seq_params is not None:
+        if context is not None or packed_seq_params is not None:
             raise NotImplementedError(
-                "DeepNormTransformerLayer supports self-attention training/eval forward only "
-                "(no cross-attention, KV-cache inference or packed THD sequences)"
+                "DeepNormTransformerLayer supports self-attention only "
+                "(no cross-attention or packed THD sequences)"
             )
         alpha = self.config.deepnorm_residual_scale
 
         normed = self.input_layernorm(hidden_states)
-        attention_output_with_bias = self.self_attention(
-            normed, attention_mask=attention_mask, rotary_pos_emb=rotary_pos_emb
-        )
+        if inference_context is None:
+            attention_output_with_bias = self.self_attention(
+                normed, attention_mask=attention_mask, rotary_pos_emb=rotary_pos_emb
+            )
+        else:  # KV-cache prefill/decode (megatron_glm.inference; GLMSelfAttention keeps the cache)
+            attention_output_with_bias = self.self_attention(
+                normed, attention_mask=attention_mask, rotary_pos_emb=rotary_pos_emb,
+                inference_context=inference_context,
+            )
         with self.bias_dropout_add_exec_handler():
             hidden_states = self.self_attn_bda(self.training, self.config.bias_dropout_fusion)(
                 attention_output_with_bias, alpha * normed, self.hidden_dropout

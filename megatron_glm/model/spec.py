@@ -1,7 +1,7 @@
 """The GLM layer as a megatron-core ModuleSpec (local, non-Transformer-Engine modules).
 
-Attention is megatron-core's SelfAttention with the fused, per-head-interleaved QKV
-(ColumnParallelLinear, rows [head][q, k, v][d], the layout of GLM-130B's checkpoints) and the
+Attention is megatron-core's SelfAttention (as GLMSelfAttention, whose KV cache keeps keys after
+RoPE) with the fused, per-head-interleaved QKV (ColumnParallelLinear, rows [head][q, k, v][d], the layout of GLM-130B's checkpoints) and the
 local DotProductAttention: an explicit boolean mask (True = masked, filled with -10000), scores
 scaled and softmaxed in FP32 (docs/glm130b.md §1.3) -- or, with attention_backend "sdpa", torch's fused
 scaled_dot_product_attention with the same mask. The mask type is `arbitrary` because GLM's masks
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.attention import SelfAttentionSubmodules
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -20,6 +20,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
+from megatron_glm.model.attention import GLMSelfAttention
 from megatron_glm.model.layer import DeepNormTransformerLayer
 from megatron_glm.model.mlp import GeGLUMLP
 from megatron_glm.model.sdpa_attention import SDPAttention
@@ -41,7 +42,7 @@ def glm_layer_spec(attention_backend: str = "local") -> ModuleSpec:
         submodules=TransformerLayerSubmodules(
             input_layernorm=LayerNormImpl,
             self_attention=ModuleSpec(
-                module=SelfAttention,
+                module=GLMSelfAttention,
                 params={"attn_mask_type": AttnMaskType.arbitrary},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
