@@ -246,11 +246,11 @@ def test_header_progress_eta_and_stall(tmp_path):
 
 def test_background_loading_steps_aside_while_a_request_is_answered(tmp_path):
     write(tmp_path, [record(i, lr=i * 1e-6) for i in range(1, 200)])
-    activity = run_module.Activity()
+    activity = run_module.Activity(max_wait_s=600)  # no time-out: the outcome must not depend on speed
     store = RunStore(tmp_path, activity=activity)
     activity.begin()  # a request in flight
     store.load(background=True)
-    time.sleep(0.5)
+    assert activity.waiting.wait(30), "the background loader never reached its first slice"
     assert store.pending_keys, "phase 2 ran while a request was in flight"
     activity.end()
     deadline = time.time() + 30

@@ -218,16 +218,14 @@ def test_tailing_while_another_thread_appends(tmp_path):
     assert seen == list(range(n)) and steps == list(range(n))
 
 
-def test_million_lines_load_fast_columnar(tmp_path):
+def test_million_lines_columnar(tmp_path):
+    """Values, NaNs and sparse keys over 1,000,000 lines (the speed: bench/monitor_load.py)."""
     block = b"".join(S.encode_line(S.validate_metric(metric(
         i, loss=float("nan") if i == 7 else 2.0 + i / 1000, grad_norm=None if i == 3 else 1.0,
         **({"val_loss": 2.2} if i % 500 == 0 else {})))) for i in range(1000))
     (tmp_path / S.METRICS_FILE).write_bytes(block * 1000)
-    t0 = time.perf_counter()
     cols, off = S.read_metric_columns(tmp_path, ["step", "loss", "grad_norm", "val_loss"])
-    dt = time.perf_counter() - t0
-    print(f"\n1,000,000 metrics lines ({off / 1e6:.0f} MB), 4 columns: {dt:.2f} s")
+    assert off == len(block) * 1000
     assert len(cols["step"]) == 1_000_000 and cols["step"][1234] == 234
     assert np.isnan(cols["loss"][7::1000]).all() and np.isnan(cols["grad_norm"][3::1000]).all()
     assert np.isfinite(cols["loss"]).sum() == 999_000 and (~np.isnan(cols["val_loss"])).sum() == 2000
-    assert dt < 4.0

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -110,35 +108,23 @@ def test_api_shapes(small):
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    t0 = time.perf_counter()
-    run = million_step_run(tmp_path_factory.getbasetemp())  # shared with the browser test
-    print(f"\n[monitor] 1,000,000-step fixture ({os.path.getsize(os.path.join(run, 'metrics.jsonl')) / 1e6:.0f} MB) "
-          f"ready in {time.perf_counter() - t0:.1f} s")
-    return run
+    return million_step_run(tmp_path_factory.getbasetemp())  # shared with the browser test
 
 
 def test_million_steps_first_response_payload_and_spikes(big):
+    """Bounded payloads with every spike (the timings: bench/monitor_load.py)."""
     store = RunStore(big)
-    t0 = time.perf_counter()
     store.load(background=True)
-    t_load = time.perf_counter() - t0
     served = Served([store])
     try:
-        t1 = time.perf_counter()
         status, _, body = served.request("GET", "/api/series?run=0&keys=loss&width=1200")
-        t_first = time.perf_counter() - t1
         view = json.loads(body)
-        t2 = time.perf_counter()
         status_zoom, _, zoom = served.request("GET", "/api/series?run=0&keys=loss,grad_norm&width=1200"
                                                      "&from=499000&to=501000")
-        t_zoom = time.perf_counter() - t2
         served.get_json("/api/runs")
     finally:
         served.close()
-    print(f"\n[monitor] 1M steps: loss+spikes loaded in {t_load:.2f} s; first /api/series {t_first * 1000:.0f} ms, "
-          f"{len(body) / 1e3:.0f} kB; zoomed view {t_zoom * 1000:.0f} ms, {len(zoom) / 1e3:.0f} kB")
     assert status == 200 and status_zoom == 200
-    assert t_first < 2.0 and t_zoom < 2.0
     assert len(body) < 150_000 and len(zoom) < 150_000
     assert [s["step"] for s in view["spikes"]] == BIG_SPIKES
     assert len(view["keys"]["loss"]["x"]) == 1200
@@ -147,7 +133,6 @@ def test_million_steps_first_response_payload_and_spikes(big):
 
 def test_million_steps_through_the_cli(big):
     """From `glm-monitor serve` starting to the first loss view answered (load included)."""
-    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "megatron_glm.monitor.cli", "serve", str(big), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -158,10 +143,8 @@ def test_million_steps_through_the_cli(big):
         conn.request("GET", "/api/series?run=0&keys=loss&width=1200")
         r = conn.getresponse()
         body = json.loads(r.read())
-        dt = time.perf_counter() - t0
         conn.close()
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"\n[monitor] glm-monitor serve on 1M steps: process start -> first loss view {dt:.2f} s")
     assert [s["step"] for s in body["spikes"]] == BIG_SPIKES

@@ -10,7 +10,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -365,20 +364,11 @@ def test_no_torch_import():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# 6. performance
-def test_one_million_points_fast():
+# 6. a long run (its speed is measured by bench/monitor_load.py, not here)
+def test_one_million_points_recall_and_precision():
     t, loss, gn, rng = clean_series(1_000_000, 99, 0.03)
     loss, gn, events = inject(loss, gn, rng, n_events=1000)
-    t0 = time.perf_counter()
-    spikes = detect_spikes(t, loss, gn)
-    dt = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    detect_spikes(t, loss)
-    dt_loss_only = time.perf_counter() - t0
-    recall, precision, _, _ = score(spikes, events)
-    print(f"\n[spikes] detect_spikes on 1,000,000 points: {dt:.3f} s with grad norms, "
-          f"{dt_loss_only:.3f} s loss only ({len(spikes)} spikes, recall {recall:.3f}, precision {precision:.3f})")
-    assert dt < 5.0
+    recall, precision, _, _ = score(detect_spikes(t, loss, gn), events)
     assert recall >= 0.95 and precision >= 0.95
 
 

@@ -45,9 +45,12 @@ class Activity:
     """Requests in flight and when the last one ended: background loading waits for a quiet moment
     (never longer than ``max_wait_s``), so a page being loaded is answered first."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_wait_s: float = 2.0) -> None:
         self._lock = threading.Lock()
         self.in_flight, self.last_end = 0, 0.0
+        self.max_wait_s = max_wait_s
+        self.waiting = threading.Event()
+        """Set while a background loader is held back by a request (tests observe it)."""
 
     def begin(self) -> None:
         with self._lock:
@@ -58,14 +61,19 @@ class Activity:
             self.in_flight -= 1
             self.last_end = time.monotonic()
 
-    def wait_quiet(self, quiet_s: float = 0.15, max_wait_s: float = 2.0) -> None:
-        deadline = time.monotonic() + max_wait_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                idle = time.monotonic() - self.last_end
-                if not self.in_flight and idle >= quiet_s:
-                    return
-            time.sleep(0.02)
+    def wait_quiet(self, quiet_s: float = 0.15) -> None:
+        deadline = time.monotonic() + self.max_wait_s
+        try:
+            while time.monotonic() < deadline:
+                with self._lock:
+                    idle = time.monotonic() - self.last_end
+                    if not self.in_flight and idle >= quiet_s:
+                        return
+                    if self.in_flight:
+                        self.waiting.set()
+                time.sleep(0.02)
+        finally:
+            self.waiting.clear()
 
 
 class _Column:
