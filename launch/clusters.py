@@ -60,8 +60,12 @@ class SlurmSpec:
     exclude: List[str] = field(default_factory=list)
     """Nodes never to run on (--exclude)."""
     container_image: str = ""
-    """pyxis/enroot image (srun --container-image); empty: run on the host."""
+    """pyxis/enroot image (srun --container-image), e.g. "nvcr.io#nvidia/pytorch:24.05-py3" or a
+    .sqsh path; every Python step of the job runs in it (launch/sbatch.py). Empty: on the host."""
     container_mounts: str = ""
+    """Further pyxis mounts, "SRC[:DST[:FLAGS]],..." (flags joined by "+", e.g. "/lustre:/lustre:ro").
+    The repository, the run directory and the directories of the run's data (glm-launch prep: its
+    inputs, output and tokenizer) are mounted at their own paths without being listed here."""
     cpus_per_task: int = 0
     """0: omit (Slurm's default)."""
     task_exit_grace_seconds: int = 300
@@ -96,6 +100,49 @@ class ClusterProfile:
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
+
+
+@dataclass
+class Mount:
+    """One pyxis --container-mounts entry."""
+
+    text: str
+    source: str
+    target: str
+    flags: List[str]
+    auto: bool = False
+    """Added by the launcher (not the profile's own)."""
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.flags
+
+
+def parse_mounts(text: str, auto: bool = False) -> List[Mount]:
+    """pyxis's syntax: entries separated by ",", each SRC[:DST[:FLAGS]] (DST defaults to SRC,
+    FLAGS joined by "+"). Surrounding blanks and empty entries are dropped (pyxis refuses an empty
+    entry); mount_problems says what pyxis would refuse."""
+    mounts = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        source, _, rest = entry.partition(":")
+        target, _, flags = rest.partition(":")
+        mounts.append(Mount(entry, source, target or source, [f for f in flags.split("+") if f], auto))
+    return mounts
+
+
+def mount_problems(text: str, name: str) -> List[str]:
+    problems = []
+    for entry in (e.strip() for e in text.split(",")):
+        source, _, rest = entry.partition(":")
+        target = rest.partition(":")[0] if rest else source
+        if not source or (rest and not target):
+            problems.append(f"{name}: slurm.container_mounts entry {entry!r}: write SRC[:DST[:FLAGS]]")
+        elif not (source[0] in "./" or source in ("tmpfs", "umount")) or target[0] not in "./":
+            problems.append(f"{name}: slurm.container_mounts entry {entry!r}: the source must be a path, tmpfs or "
+                            f"umount and the target a path")
+    return problems if text.strip() else []
 
 
 def cluster_names() -> List[str]:
@@ -135,4 +182,5 @@ def _profile_problems(profile: ClusterProfile, name: str) -> List[str]:
         problems.append(f"{name}: slurm.signal_seconds must be >= 0")
     if profile.slurm.max_excluded_nodes < 0:
         problems.append(f"{name}: slurm.max_excluded_nodes must be >= 0 (0: never exclude a node)")
+    problems.extend(mount_problems(profile.slurm.container_mounts, name))
     return problems

@@ -6,6 +6,10 @@ PREFIX.shard-0000i-of-0000n; the merge job starts only if every array task succe
 (--dependency=afterok) and concatenates the shards in order into PREFIX. With one shard per input
 file (the default) the merged dataset is byte-for-byte what a single `glm-prep tokenize` over the
 same inputs writes; with fewer shards it holds the same documents, grouped by shard.
+
+With `slurm.container_image` both run `glm-prep` in the container (`srun --container-image`), the
+repository its working directory, with the repository and the directories of the inputs, the
+output and the tokenizer mounted at their own paths besides the profile's `slurm.container_mounts`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from launch.clusters import load_cluster
-from launch.sbatch import site_options
+from launch.sbatch import REPO_ROOT, container_mounts, container_options, site_options
 from megatron_glm.config.loader import ConfigError
 
 
@@ -65,7 +69,14 @@ def render_scripts(request: PrepRequest, files: List[str]) -> tuple:
     n = request.shards or len(files)
     prefix = str(Path(request.output_prefix).resolve())
     logs = request.log_dir or f"{prefix}.slurm"
-    python = "python" if cluster.slurm.container_image else sys.executable
+    python = _q(sys.executable)
+    if cluster.slurm.container_image:
+        s = cluster.slurm
+        paths = [REPO_ROOT, *(str(Path(f).resolve().parent) for f in files), str(Path(prefix).parent),
+                 str(Path(request.tokenizer_model).resolve().parent)]
+        cpus = f" --cpus-per-task={s.cpus_per_task}" if s.cpus_per_task else ""  # srun no longer inherits it (22.05)
+        python = (f"srun --nodes=1 --ntasks=1{cpus} "
+                  f"{container_options(s, container_mounts(s.container_mounts, paths), REPO_ROOT)} python")
     width = max(5, len(str(n)))
     inputs = " ".join(_q(Path(f).resolve()) for f in files)
     extra = " ".join(_q(a) for a in request.prep_args)
@@ -73,13 +84,13 @@ def render_scripts(request: PrepRequest, files: List[str]) -> tuple:
                        *_header(cluster, "glm-prep", f"{logs}/tokenize-%A_%a.out", request.time_limit),
                        f"#SBATCH --array=0-{n - 1}", "set -euo pipefail",
                        f"SHARD=$(printf '%0{width}d' \"$SLURM_ARRAY_TASK_ID\")",
-                       f"exec {_q(python)} -m data_prep.cli tokenize --quiet --input {inputs} "
+                       f"exec {python} -m data_prep.cli tokenize --quiet --input {inputs} "
                        f"--shard \"$SLURM_ARRAY_TASK_ID/{n}\" --output-prefix {_q(prefix)}.shard-\"$SHARD\"-of-{n:0{width}d} "
                        f"--tokenizer-model {_q(Path(request.tokenizer_model).resolve())} {extra}".rstrip(), ""])
     merge = "\n".join(["#!/bin/bash", f"# glm-launch prep: merge the {n} shards into {prefix} (after every shard succeeded)",
                        *_header(cluster, "glm-prep-merge", f"{logs}/merge-%j.out", request.time_limit),
                        "set -euo pipefail",
-                       f"exec {_q(python)} -m data_prep.cli merge --quiet --input {_q(prefix)}'.shard-*-of-{n:0{width}d}' "
+                       f"exec {python} -m data_prep.cli merge --quiet --input {_q(prefix)}'.shard-*-of-{n:0{width}d}' "
                        f"--output-prefix {_q(prefix)}", ""])
     return array, merge, logs
 
@@ -99,6 +110,7 @@ def submit_prep(request: PrepRequest) -> int:
         print(array + "\n# --- then, with --dependency=afterok:<array job> ---\n" + merge, end="")
         return 0
     Path(logs).mkdir(parents=True, exist_ok=True)
+    Path(request.output_prefix).resolve().parent.mkdir(parents=True, exist_ok=True)  # a mount's source must exist
     (Path(logs) / "tokenize.sbatch").write_text(array)
     (Path(logs) / "merge.sbatch").write_text(merge)
     ids = []

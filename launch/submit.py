@@ -106,7 +106,7 @@ def submit(request: SubmitRequest) -> int:
     script = slurm_dir / SCRIPT_NAME
     job = JobSpec(name=request.name or f"glm-{run_dir.name}", run_dir=str(run_dir), config=str(slurm_dir / "run.yaml"),
                   workdir=os.getcwd(), python="python" if cluster.slurm.container_image else sys.executable,
-                  script=str(script))
+                  script=str(script), run=run)
     text = render(cluster, job)
     if request.dry_run:
         print(text, end="")
