@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, get_args
 
 from launch.clusters import ClusterProfile
 from launch.memory import Layout, StageMemory, memory_per_stage
 from launch.performance import Throughput, describe_constants, predict
-from megatron_glm.config.schema import RunConfig
+from megatron_glm.config.schema import RecomputeGranularity, RunConfig
 from megatron_glm.config.validate import uneven_pipeline_split
 
-RECOMPUTE_ORDER = ("none", "selective", "full")
+RECOMPUTE_ORDER = get_args(RecomputeGranularity)
+"""Least memory saved first."""
 
 
 @dataclass

@@ -98,7 +98,12 @@ def test_world_size_must_divide():
 
 
 def test_all_problems_are_reported_at_once():
-    run = load_run_config("glm-tiny", ["parallel.tensor=3", "precision=fp8", "recompute.granularity=some"])
+    with pytest.raises(ConfigError) as error:
+        load_run_config("glm-tiny", ["precision=fp8", "recompute.granularity=some", "parallel.tensor=x"])
+    assert all(f"override '{o}'" in str(error.value) for o in ("precision=fp8", "recompute.granularity=some",
+                                                                "parallel.tensor=x"))
+    run = load_run_config("glm-tiny", ["parallel.tensor=3"])
+    run.precision, run.recompute.granularity = "fp8", "some"
     problems = config_problems(run)
     assert len(problems) >= 3
     with pytest.raises(ConfigError):
@@ -148,3 +153,35 @@ def test_init_from_must_be_a_dist_checkpoint_before_anything_starts(tmp_path):
     (tmp_path / "dist" / "latest").write_text("iter_0000012\n")
     run = load_run_config("glm-tiny", ["data.synthetic=true", f"train.init_from={tmp_path / 'dist'}"])
     assert config_problems(run, training=True) == []
+
+
+def test_enum_fields_take_only_their_choices(tmp_path):
+    """precision, recompute, attention backend, spike policy, fault kind: Literal types in the
+    schema, checked by the loader (file and line) and by validation (configs built in code)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model: glm-tiny\nrecompute:\n  granularity: ful\n")
+    with pytest.raises(ConfigError) as error:
+        load_run_config(str(path))
+    assert (f"{path}:3: 'recompute.granularity' must be one of none, selective, full, got 'ful'; "
+            f"did you mean 'full'?") in str(error.value)
+    with pytest.raises(ConfigError, match="'precision' must be one of fp32, fp16, bf16, got 'fp8'"):
+        load_run_config("glm-tiny", ["precision=fp8"])
+    run = load_run_config("glm-tiny")
+    run.train.spike_policy = "ignore"
+    assert "train.spike_policy='ignore'; choose one of log, skip, rollback" in config_problems(run)
+
+
+def test_eval_batches_sets_how_much_validation_sees():
+    from megatron_glm.model.describe import _single_process_groups
+    from megatron_glm.training.batches import SyntheticBatches
+
+    run = load_run_config("glm-tiny", ["train.eval_batches=3", "model.seq_length=64"])
+    with _single_process_groups():
+        data = SyntheticBatches(run, global_batch=4, micro_batch=2, seq_length=64)
+        batches = data.validation_batches()
+        assert len(batches) == 3 * 2
+        again = data.validation_batches()
+        assert all(a.tokens.equal(b.tokens) for a, b in zip(batches, again))  # the same held-out data each time
+        assert not batches[0].tokens.equal(batches[2].tokens)
+    run.train.eval_batches = 0
+    assert any("train.eval_batches=0 must be >= 1" in p for p in config_problems(run))

@@ -213,6 +213,12 @@ def _convert(value: Any, tp: Any, dotted: str, source: _Source, problems: List[s
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     where = source.where(dotted)
+    if origin is typing.Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{where}: '{dotted}' must be one of {', '.join(map(str, args))}, got {value!r}{hint}")
+        return value
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None

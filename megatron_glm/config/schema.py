@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Literal, Optional, Tuple
+
+# The choices of enum-like fields: the loader rejects anything else (naming file, line and the
+# choices), and --help texts and validation read them from here.
+Precision = Literal["fp32", "fp16", "bf16"]
+RecomputeGranularity = Literal["none", "selective", "full"]
+"""In order of memory saved (and compute spent)."""
+RecomputeMethod = Literal["uniform", "block"]
+AttentionBackend = Literal["local", "sdpa"]
+SpikePolicy = Literal["log", "skip", "rollback"]
+FaultKind = Literal["spike", "nan", "stall_during_save", "slow_publish"]
 
 
 @dataclass
@@ -53,7 +63,7 @@ class ModelConfig:
     apply_query_key_layer_scaling: bool = True
     """Divide q by the layer number before QK^T and multiply back inside the FP32 softmax (cancels
     mathematically; keeps FP16 scores from overflowing, as GLM-130B trained)."""
-    attention_backend: str = "local"
+    attention_backend: AttentionBackend = "local"
     """Core attention: "local" (megatron-core DotProductAttention: explicit fp32 scores and softmax)
     or "sdpa" (torch scaled_dot_product_attention with the boolean mask: fused kernels on GPU)."""
     embedding_grad_shrink: EmbeddingGradShrinkConfig = field(default_factory=EmbeddingGradShrinkConfig)
@@ -105,8 +115,8 @@ class ParallelConfig:
 class RecomputeConfig:
     """Activation recomputation: none, selective (attention core only) or full (per layer)."""
 
-    granularity: str = "none"
-    method: str = "uniform"
+    granularity: RecomputeGranularity = "none"
+    method: RecomputeMethod = "uniform"
     num_layers: int = 1
 
 
@@ -151,7 +161,7 @@ class FaultInjection:
     0-based step `step` in an undisturbed run); -1: never."""
     count: int = 1
     """Consecutive batches to inject on (FP16 hysteresis needs more than one overflow)."""
-    kind: str = "spike"
+    kind: FaultKind = "spike"
     """"spike": the guard sees a loss 10x the real one; "nan": every gradient becomes NaN;
     "stall_during_save": every rank stops after writing a checkpoint's files, before publishing
     it, until killed (the kill -9 test kills the job from outside at that moment);
@@ -195,6 +205,7 @@ class TrainConfig:
     eval_interval: int = 0
     """Steps between validation runs (0: only at the end)."""
     eval_batches: int = 1
+    """Global batches of held-out data per validation (the same batches every time)."""
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3
@@ -222,7 +233,7 @@ class TrainConfig:
     """[first, last] steps (1-based, inclusive) whose data to jump over, as GLM-130B did for
     iterations 40701-40900 and 42401-42600: the samples those steps would have read in an
     undisturbed run (batch ramp-up included) are skipped."""
-    spike_policy: str = "skip"
+    spike_policy: SpikePolicy = "skip"
     """What the spike guard does: "log", "skip" (drop the update) or "rollback" (reload the last
     checkpoint and jump over the next `rollback_skip_samples`). Non-finite values are never applied."""
     rollback_skip_samples: int = 0
@@ -238,6 +249,6 @@ class RunConfig:
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32 (tests), fp16 (GLM-130B: dynamic loss scaling, FP32 softmax) or bf16."""
     seed: int = 1234

@@ -47,7 +47,8 @@ class DatasetBatches:
         if not run.data.cache_dir:
             raise ValueError("data.cache_dir is empty: resolve the run config first (megatron_glm.config.resolve)")
         config = glm_dataset_config(run, tokenizer.special, run.data.cache_dir)
-        self.train, self.valid, _ = build_glm_datasets(config, [train_samples, global_batch, 0])
+        self.eval_batches = run.train.eval_batches
+        self.train, self.valid, _ = build_glm_datasets(config, [train_samples, global_batch * self.eval_batches, 0])
         self.source_names = source_names(run.data)
         self.global_batch, self.micro_batch = global_batch, micro_batch
 
@@ -62,7 +63,11 @@ class DatasetBatches:
         return self._batches(self.train, first_sample, batch_size or self.global_batch)
 
     def validation_batches(self) -> Optional[List[MicroBatch]]:
-        return self._batches(self.valid, 0, self.global_batch) if self.valid is not None else None
+        """train.eval_batches global batches of the validation split, the same ones every time."""
+        if self.valid is None:
+            return None
+        return [micro for i in range(self.eval_batches)
+                for micro in self._batches(self.valid, i * self.global_batch, self.global_batch)]
 
 
 def _my_share(first_sample: int, batch_size: int) -> tuple:
@@ -89,5 +94,6 @@ class SyntheticBatches:
         return [collate(mine[i:i + self.micro_batch]) for i in range(0, count, self.micro_batch)]
 
     def validation_batches(self) -> Optional[List[MicroBatch]]:
-        """A fixed held-out global batch (a seed no training step uses)."""
-        return self.batches_at(1_000_000_007)
+        """train.eval_batches fixed held-out global batches (seeds no training step uses)."""
+        return [micro for i in range(self.run.train.eval_batches)
+                for micro in self.batches_at(1_000_000_007 + i * self.global_batch)]

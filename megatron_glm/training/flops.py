@@ -33,13 +33,13 @@ Counting attention as causal (half the square) would give 132.35 (-1.2%), and dr
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, get_args
 
 import torch
 
-from megatron_glm.config.schema import ModelConfig
+from megatron_glm.config.schema import ModelConfig, RecomputeGranularity
 
-RECOMPUTE_GRANULARITIES = ("none", "selective", "full")
+RECOMPUTE_GRANULARITIES = get_args(RecomputeGranularity)
 
 PEAK_TFLOPS: Dict[str, float] = {
     "A100": 312.0,
