@@ -20,7 +20,7 @@ import numpy as np
 from megatron_glm.monitor import schema
 from megatron_glm.monitor.run import RunStore
 from megatron_glm.monitor.server import to_json
-from megatron_glm.monitor.synthetic import Curve, write_run
+from megatron_glm.monitor.synthetic_runs import Curve, write_run
 
 
 def timed(fn):

@@ -1,4 +1,4 @@
-"""Measure the activation memory the planner's coefficients come from (launch/memory.py).
+"""Measure the activation memory the planner's coefficients come from (launch/memory_model.py).
 
 A GLM model of a few layers is built on CPU at tensor-parallel degree t inside a fake process
 group of t ranks (collectives are no-ops, every shape is the real TP shard), run forward with
@@ -18,7 +18,7 @@ from typing import List
 
 import torch
 
-from launch.memory import Layout
+from launch.memory_model import Layout
 from launch.meta_check import fake_world
 from megatron_glm.config.schema import ModelConfig, RunConfig
 

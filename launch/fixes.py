@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterator, List
 
 from launch.clusters import ClusterProfile
-from launch.memory import Layout
+from launch.memory_model import Layout
 from launch.planner import RECOMPUTE_ORDER, Plan, layout_problems, make_plan, valid_pp, valid_tp
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.config.validate import uneven_pipeline_split

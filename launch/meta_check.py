@@ -17,7 +17,7 @@ from typing import Iterator, List
 import torch
 import torch.distributed as dist
 
-from launch.memory import Layout
+from launch.memory_model import Layout
 from megatron_glm.config.schema import RunConfig
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from launch.clusters import ClusterProfile
-from launch.memory import Layout, stage_layers, stage_parameters
+from launch.memory_model import Layout, stage_layers, stage_parameters
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.training import flops
 

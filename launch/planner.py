@@ -1,6 +1,6 @@
 """`glm-launch plan`: does a layout fit, how fast will it be; without a layout, which layouts fit.
 
-Memory comes from launch/memory.py (per stage, by component), speed from launch/performance.py.
+Memory comes from launch/memory_model.py (per stage, by component), speed from launch/performance.py.
 A layout fits when its fullest pipeline stage fits the device memory. The search enumerates
 TP (divisors of the head count, within a node) x PP (layer splits megatron-core accepts, with
 lighter first/last stages where the layers do not divide evenly, as GLM-130B's 8/9x6/8) x micro
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple, get_args
 
 from launch.clusters import ClusterProfile
-from launch.memory import Layout, StageMemory, memory_per_stage
+from launch.memory_model import Layout, StageMemory, memory_per_stage
 from launch.performance import Throughput, describe_constants, predict
 from megatron_glm.config.schema import RecomputeGranularity, RunConfig
 from megatron_glm.config.validate import uneven_pipeline_split

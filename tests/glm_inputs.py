@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from megatron_glm.data.glm_sample import gmask_window, mask_window, pack_windows
-from megatron_glm.data.synthetic import synthetic_special_tokens
+from megatron_glm.data.synthetic_samples import synthetic_special_tokens
 
 VOCAB = 1000
 SEQ = 64

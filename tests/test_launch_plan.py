@@ -10,7 +10,7 @@ import pytest
 from launch.cli import main
 from launch.activation_probe import ProbeShape, layer_bytes, probe_run
 from launch.clusters import load_cluster
-from launch.memory import Layout, layer_activation_bytes, memory_per_stage, stage_parameters
+from launch.memory_model import Layout, layer_activation_bytes, memory_per_stage, stage_parameters
 from launch.meta_check import build_stages_on_meta
 from megatron_glm.config.loader import load_run_config
 

@@ -1,7 +1,7 @@
 """The shared spike detector at its defaults, measured the way the dashboard's users care about:
 recall of injected spikes >= 0.95 and at most 1 false alarm per 100,000 clean steps.
 
-The suite (megatron_glm.monitor.synthetic): four curve families -- slow and fast loss decay, a noisy
+The suite (megatron_glm.monitor.synthetic_runs): four curve families -- slow and fast loss decay, a noisy
 plateau, and a grad norm that falls 10x over the run (as GLM-130B's did) -- with three seeds each.
 Injected events are spaced >= 150 steps apart and cycle through: a loss jump of +20..100% for 1..10
 steps, a 15-100x grad-norm spike for 1..3 steps, both at once, and a NaN loss. A false alarm is a
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from megatron_glm.monitor.spikes import SpikeRule, detect_spikes
-from megatron_glm.monitor.synthetic import Curve, series
+from megatron_glm.monitor.synthetic_runs import Curve, series
 
 FAMILIES = {
     "slow-decay": dict(tau=30_000.0, noise=0.03),

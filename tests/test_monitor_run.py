@@ -16,7 +16,7 @@ from megatron_glm.monitor import schema
 from megatron_glm.monitor.downsample import bucket_points, envelope
 from megatron_glm.monitor.run import RunStore
 from megatron_glm.monitor.spikes import detect_spikes
-from megatron_glm.monitor.synthetic import Curve, metric_lines, series, write_config, write_run
+from megatron_glm.monitor.synthetic_runs import Curve, metric_lines, series, write_config, write_run
 
 
 def record(step, loss=2.0, grad_norm=1.0, **kw):

@@ -12,7 +12,7 @@ import pytest
 
 from megatron_glm.monitor.run import RunStore
 from megatron_glm.monitor.server import start_in_thread
-from megatron_glm.monitor.synthetic import MILLION_SPIKES, Curve, million_step_run, write_run
+from megatron_glm.monitor.synthetic_runs import MILLION_SPIKES, Curve, million_step_run, write_run
 
 BIG_SPIKES = list(MILLION_SPIKES)
 

@@ -16,7 +16,7 @@ import pytest
 
 from megatron_glm.monitor import spikes as spikes_mod
 from megatron_glm.monitor.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
-from megatron_glm.monitor.synthetic import early_fall, series
+from megatron_glm.monitor.synthetic_runs import early_fall, series
 
 N_STEPS = 20_000
 NOISES = (0.02, 0.03, 0.05)

@@ -16,7 +16,7 @@ from megatron.core import parallel_state
 
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.data.glm_sample import attention_mask_from_layout
-from megatron_glm.data.synthetic import synthetic_samples
+from megatron_glm.data.synthetic_samples import synthetic_samples
 from megatron_glm.training.step import MicroBatch, collate
 
 

@@ -121,7 +121,7 @@ def tp_equivalence(workdir: Path) -> None:
 def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     from megatron.core import parallel_state
 
-    from megatron_glm.data.synthetic import synthetic_samples
+    from megatron_glm.data.synthetic_samples import synthetic_samples
     from megatron_glm.model.build import build_model_chunks
     from megatron_glm.model.tp_shard import load_full_state_dict
     from megatron_glm.training.step import build_optimizer, collate, evaluate, train_step, wrap_for_training
@@ -156,7 +156,7 @@ def resume(workdir: Path, mode: str, name: str, overrides: List[str]) -> None:
     """mode "uninterrupted": 8 steps, checkpoint after step 4. mode "resumed": load it, steps 5-8."""
     from megatron.core import parallel_state
 
-    from megatron_glm.data.synthetic import synthetic_samples
+    from megatron_glm.data.synthetic_samples import synthetic_samples
     from megatron_glm.model.build import build_model_chunks
     from megatron_glm.model.tp_shard import load_full_state_dict
     from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
