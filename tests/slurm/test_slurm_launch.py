@@ -159,10 +159,53 @@ srun bash -c 'echo "task $SLURMD_NODENAME $TMPDIR"'
         assert tmpdir == str(cluster.node_tmpdir(node))
 
 
+PYXIS_STAND_IN = """#!/bin/bash
+# Written by tests/slurm/test_slurm_launch.py: srun as pyxis would take it, on a Slurm without pyxis.
+# Logs the arguments (one line per srun, separated by \\x1f), fails like pyxis when a mount's
+# source is missing, drops the --container-* options (the workdir becomes --chdir) and runs the
+# real srun on the host.
+printf '%s\\x1f' "$@" >> "{log}"; printf '\\n' >> "{log}"
+args=()
+for arg in "$@"; do
+    case "$arg" in
+        --container-workdir=*) args+=("--chdir=${{arg#*=}}") ;;
+        --container-mounts=*) IFS=, read -ra mounts <<< "${{arg#*=}}"
+            for mount in "${{mounts[@]}}"; do
+                [ -e "${{mount%%:*}}" ] || {{ echo "pyxis stand-in: no mount source ${{mount%%:*}}" >&2; exit 1; }}
+            done ;;
+        --container-*) ;;
+        *) args+=("$arg") ;;
+    esac
+done
+exec {srun} "${{args[@]}}"
+"""
+
+
+def _pyxis_stand_in(tmp_path, env):
+    """(env whose srun is the stand-in above and whose `python` is this environment's, log path)."""
+    import shutil
+
+    directory = tmp_path / "pyxis"
+    directory.mkdir()
+    log = directory / "srun.log"
+    (directory / "srun").write_text(PYXIS_STAND_IN.format(log=log, srun=shutil.which("srun", path=env["PATH"])))
+    (directory / "srun").chmod(0o755)
+    return dict(env, PATH=f"{directory}:{BIN}:{env['PATH']}"), log
+
+
 def test_a_job_given_an_excluded_node_starts_again_without_it(local_slurm, tmp_path):
     """A job resubmitted by hand does not carry the run's exclusions: its before hook finds one of
-    them in the allocation, requeues the job with ExcNodeList, and training happens elsewhere."""
+    them in the allocation, requeues the job with ExcNodeList, and training happens elsewhere.
+
+    Submitted with a container image: every Python step (job hooks, run-directory query, ranks) is
+    an srun with the pyxis options, the hooks and the query as one-task steps beside the ranks
+    (--overlap). The local Slurm has no pyxis, so no container runs: a stand-in srun on PATH checks
+    the mounts' sources, drops the --container-* options (the workdir becomes --chdir) and runs the
+    steps on the host; the test checks what every step asked pyxis for."""
+    from launch.sbatch import REPO_ROOT
+
     cluster = local_slurm
+    env, srun_log = _pyxis_stand_in(tmp_path, cluster.env)
     run_dir = tmp_path / "run"
     (run_dir / "slurm").mkdir(parents=True)
     (run_dir / "slurm" / "excluded_nodes.json").write_text(json.dumps(
@@ -176,8 +219,9 @@ def test_a_job_given_an_excluded_node_starts_again_without_it(local_slurm, tmp_p
         config = tmp_path / "run.yaml"
         config.write_text(yaml.safe_dump({**RUN, "train": {**RUN["train"], "steps": 4}}))
         submitted = subprocess.run([str(BIN / "glm-launch"), "submit", str(config), "--cluster", "local-slurm",
-                                    "--run-dir", str(run_dir), "--time", "10"],
-                                   capture_output=True, text=True, env=cluster.env, timeout=120, cwd=tmp_path)
+                                    "--run-dir", str(run_dir), "--time", "10",
+                                    "--set", "slurm.container_image=nvcr.io#nvidia/pytorch:24.05-py3"],
+                                   capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.strip()
         avoided = _wait(lambda: [e for e in _events(run_dir) if e.get("reason") == "excluded_nodes"], 120,
@@ -191,6 +235,19 @@ def test_a_job_given_an_excluded_node_starts_again_without_it(local_slurm, tmp_p
     assert not (run_dir / "slurm" / f"ranks.{job_id}.0").exists()  # nothing ran on node1 + node2
     rows = [line.split() for line in (run_dir / "slurm" / f"ranks.{job_id}.1").read_text().splitlines()]
     assert {r[3] for r in rows} == {"node1", "node3"}
+
+    # Allocation 1: the before hook (avoid); allocation 2: the before hook, the started-count
+    # query, the ranks, the after hook. Every one asked for the image, the mounts and the workdir.
+    calls = [line.split("\x1f")[:-1] for line in srun_log.read_text().splitlines()]
+    modules = [args[args.index("-m") + 1] for args in calls]
+    assert modules == ["launch.job_hooks", "launch.job_hooks", "megatron_glm.rundir", "launch.rank_entry",
+                       "launch.job_hooks"], calls
+    for args, module in zip(calls, modules):
+        assert "--container-image=nvcr.io#nvidia/pytorch:24.05-py3" in args
+        assert f"--container-workdir={REPO_ROOT}" in args and f"--container-name=glm-{job_id}" in args
+        mounts = [a for a in args if a.startswith("--container-mounts=")][0].split("=", 1)[1].split(",")
+        assert f"{REPO_ROOT}:{REPO_ROOT}" in mounts and f"{run_dir}:{run_dir}" in mounts
+        assert ({"--overlap", "--nodes=1", "--ntasks=1"} <= set(args)) == (module != "launch.rank_entry")
 
 
 HANG_RUN = {**RUN, "train": {**RUN["train"], "steps": 24, "save_interval": 4, "hang_timeout_s": 20}}
