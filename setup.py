@@ -12,7 +12,8 @@ setup(
     description="GLM-130B-style pretraining (DeepNorm, RoPE, GeGLU, blank infilling) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_glm*", "data_prep*", "launch*", "checkpoints*"]),
-    package_data={"megatron_glm": ["config/presets/*/*.yaml", "monitor/static/*"], "launch": ["clusters/*.yaml"]},
+    package_data={"megatron_glm": ["config/presets/*/*.yaml", "monitor/static/*", "evaluation/demo_tasks/*.yaml",
+                                   "evaluation/demo_tasks/data/*/*/*.jsonl"], "launch": ["clusters/*.yaml"]},
     install_requires=[
         "megatron-core==0.16.1",
         "numpy>=1.24",
@@ -34,6 +35,7 @@ setup(
             "glm-launch=launch.cli:main",
             "glm-ckpt=checkpoints.cli:main",
             "glm-monitor=megatron_glm.monitor.cli:main",
+            "glm-eval=megatron_glm.cli.evaluate:main",
         ]
     },
 )

@@ -1,0 +1,182 @@
+"""glm-eval: GLM-130B's zero-shot evaluation (multiple choice, generation, language modelling) on
+any checkpoint glm-ckpt reads (docs/evaluation.md).
+
+    glm-eval run CKPT --tasks TASK.yaml|DIR [--tasks ...] [--data-path P] [--output results.json]
+                 [--predictions preds.jsonl] [--tokenizer-model M] [--special-token-ids mask=..,eos=..]
+                 [--tp N] [--pp N] [--dtype fp32|fp16|bf16] [--num-attention-heads H] [--quiet] [--verbose]
+
+Under torchrun / srun / glm-launch (WORLD_SIZE > 1) the ranks form TP x PP model groups (--tp, --pp)
+and split the examples over the data-parallel ranks; rank 0 prints and writes.
+Exit codes: 0 done; 2 bad input (task file, data line, checkpoint, tokenizer: one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Dict, List, Optional
+
+from megatron_glm.evaluation.errors import EvalError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm-eval", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="evaluate a checkpoint on task files")
+    run.add_argument("checkpoint", help="a run directory, its checkpoints/ (or one iter_N), SAT or safetensors")
+    run.add_argument("--tasks", action="append", required=True,
+                     help="a task YAML or a folder searched recursively for *.yaml (repeatable)")
+    run.add_argument("--data-path", help="folder the tasks' relative `path`s are taken from (default: each YAML's folder)")
+    run.add_argument("--output", help="write every number and the exact settings as JSON here")
+    run.add_argument("--predictions", help="write one JSON line per example (file order) here")
+    run.add_argument("--tokenizer-model", help="sentencepiece model for *_pretokenized text and decoding "
+                                               "(default: the one the checkpoint's run config records)")
+    run.add_argument("--special-token-ids", default="",
+                     help="e.g. mask=150000,gmask=150001,sop=150004,eop=150005,eos=20002")
+    run.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (multi-rank runs)")
+    run.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (multi-rank runs)")
+    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    run.add_argument("--num-attention-heads", type=int, help="for checkpoints that do not record it (SAT)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    return parser
+
+
+def _init_distributed(tp: int, pp: int):
+    """(rank, dp_rank, dp_world, dp_group) after creating the groups of a multi-rank run."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from megatron_glm.runtime.distributed import collective_timeout_s, discover_world
+
+    world = discover_world()
+    if world.world_size == 1:
+        if tp * pp != 1:
+            raise EvalError(f"--tp {tp} --pp {pp} needs {tp * pp} ranks (run under torchrun or glm-launch)")
+        return 0, 0, 1, None
+    if world.world_size % (tp * pp):
+        raise EvalError(f"{world.world_size} ranks do not split into TP{tp} x PP{pp} groups")
+    from megatron.core import parallel_state
+
+    from megatron_glm.runtime.cpu_backend import install_cpu_backend
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
+    else:
+        install_cpu_backend()
+    timeout = collective_timeout_s()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo",
+                                init_method=f"tcp://{world.master_addr}:{world.master_port}",
+                                rank=world.rank, world_size=world.world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                             distributed_timeout_minutes=max(1, round(timeout / 60)))
+    # Objects are gathered over a gloo group (works for NCCL jobs too: pickled results on the CPU).
+    dp_ranks = dist.get_process_group_ranks(parallel_state.get_data_parallel_group())
+    groups = {}
+    for start in range(tp * pp):  # every rank creates every DP group, in the same order
+        ranks = list(range(start, world.world_size, tp * pp))
+        groups[tuple(ranks)] = dist.new_group(ranks, backend="gloo")
+    group = groups.get(tuple(dp_ranks)) or dist.new_group(dp_ranks, backend="gloo")
+    return world.rank, parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(), group
+
+
+def _gatherer(world: int, group):
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    def gather(local: Dict[int, object]) -> Dict[int, object]:
+        parts: List[Optional[Dict[int, object]]] = [None] * world
+        dist.all_gather_object(parts, local, group=group)
+        merged: Dict[int, object] = {}
+        for part in parts:
+            merged.update(part or {})
+        return merged
+
+    return gather
+
+
+def _run(args) -> int:
+    from megatron_glm.evaluation.runner import evaluate, format_table, load_tasks, write_results
+    from megatron_glm.evaluation.vocab import Vocab, make_vocab, parse_special_ids
+
+    configs = load_tasks(args.tasks)  # task files are checked before any model is loaded
+    explicit = parse_special_ids(args.special_token_ids)
+    rank, dp_rank, dp_world, dp_group = _init_distributed(args.tp, args.pp)
+
+    import torch
+
+    from checkpoints.errors import CheckpointError
+    from megatron_glm.inference.model import InferenceError, load_inference_model
+    from megatron_glm.evaluation.samples import padded_length
+
+    longest = max(padded_length([c.max_seq_length]) + (c.max_gen_length if c.type == "gen" else 0) for c in configs)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    try:
+        model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=explicit or None,
+                                     tokenizer_model=args.tokenizer_model, max_sequence_length=longest,
+                                     num_attention_heads=args.num_attention_heads)
+    except (InferenceError, CheckpointError) as error:
+        raise EvalError(f"{args.checkpoint}: {error}") from None
+    try:
+        if model.tokenizer is not None:
+            vocab = make_vocab(model.tokenizer.model_file, {**model.special, **explicit},
+                               padded_vocab_size=model.vocab_size)
+        else:
+            vocab = make_vocab(None, {**model.special, **explicit}, padded_vocab_size=model.vocab_size)
+        settings = {
+            "checkpoint": str(args.checkpoint), "tasks": [c.source for c in configs], "data_path": args.data_path,
+            "tokenizer_model": vocab.source if vocab.has_tokenizer else None, "special_token_ids": vocab.special,
+            "dtype": args.dtype, "tp": args.tp, "pp": args.pp, "data_parallel": dp_world,
+            "padded_vocab_size": model.vocab_size,
+            "model": {k: getattr(model.shape, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
+                                                            "ffn_hidden_size", "padded_vocab_size")},
+        }
+        results = evaluate(configs, model.logits, vocab, data_path=args.data_path, vocab_size=model.vocab_size,
+                           rank=dp_rank, world=dp_world, gather=_gatherer(dp_world, dp_group),
+                           predictions_path=args.predictions if rank == 0 else None,
+                           progress=not args.quiet and rank == 0, settings=settings, model=model)
+    finally:
+        model.close()
+    if rank == 0:
+        if args.output:
+            write_results(results, args.output)
+        print(format_table(results))
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except EvalError as error:
+        print(f"glm-eval: error: {error}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 2
+    except KeyboardInterrupt:
+        print("glm-eval: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                from megatron.core import parallel_state
+
+                parallel_state.destroy_model_parallel()
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - teardown must not hide the result
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
