@@ -96,14 +96,21 @@ def site_options(slurm) -> List[str]:
     return lines
 
 
+SYSTEM_DIRS = frozenset(["/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/run", "/sbin",
+                         "/sys", "/usr", "/var"])
+"""Never mounted over the image's own (a cache directory meant to be created in /opt, say)."""
+
+
 def host_dir(path: str, base: str) -> Optional[str]:
     """The directory to mount for `path` (relative to `base`): the path itself if it is a
-    directory, else its nearest existing ancestor (a file's directory, a dataset prefix's, a cache
-    directory not yet created); None for the root."""
-    probe = Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
-    while not probe.is_dir() and probe != probe.parent:
-        probe = probe.parent
-    return None if probe == probe.parent else str(probe)
+    directory, else its parent if that is one (a file's or a dataset prefix's directory, that of
+    a cache directory not created yet); None when neither exists here (a dry run for another
+    machine) or it is a system directory of the image."""
+    path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    for candidate in (path, os.path.dirname(path)):
+        if os.path.isdir(candidate):
+            return None if candidate in SYSTEM_DIRS else candidate
+    return None
 
 
 def run_paths(run: Optional["RunConfig"]) -> List[str]:

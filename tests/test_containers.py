@@ -121,6 +121,11 @@ def test_the_data_directories_of_the_run_are_mounted(tmp_path):
     assert len(steps) == 4
     assert_in_container(steps, [REPO_ROOT, tmp_path / "run", *(tmp_path / d for d in ("tok", "data", "cache", "ckpt"))])
 
+    # Never over the image's own system directories, nor anything for paths absent here.
+    run.data.cache_dir, run.train.init_from = "/opt/glm-cache", "/nonexistent/ckpt/iter_0000010"
+    mounts = option(python_steps(render(cluster, _job(tmp_path, run, REPO_ROOT)))[0][0], "container-mounts")
+    assert "/opt" not in mounts and "/nonexistent" not in mounts and f"{tmp_path}/tok:" in mounts
+
     # A relative data path would resolve against the repository inside: refused before submitting.
     run.data.tokenizer_model = "tok/glm.model"
     with pytest.raises(ConfigError, match="tok/glm.model: in the container a relative path resolves"):
