@@ -110,7 +110,8 @@ def submit_prep(request: PrepRequest) -> int:
         print(array + "\n# --- then, with --dependency=afterok:<array job> ---\n" + merge, end="")
         return 0
     Path(logs).mkdir(parents=True, exist_ok=True)
-    Path(request.output_prefix).resolve().parent.mkdir(parents=True, exist_ok=True)  # a mount's source must exist
+    if "--container-mounts=" in array:  # a mount's source must exist (glm-prep creates it on the host)
+        Path(request.output_prefix).resolve().parent.mkdir(parents=True, exist_ok=True)
     (Path(logs) / "tokenize.sbatch").write_text(array)
     (Path(logs) / "merge.sbatch").write_text(merge)
     ids = []
