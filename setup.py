@@ -35,6 +35,7 @@ setup(
             "glm-launch=launch.cli:main",
             "glm-ckpt=checkpoints.cli:main",
             "glm-monitor=megatron_glm.monitor.cli:main",
+            "glm-generate=megatron_glm.cli.generate:main",
             "glm-eval=megatron_glm.cli.evaluate:main",
         ]
     },

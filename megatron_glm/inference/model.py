@@ -309,19 +309,10 @@ def load_inference_model(
       recorded shape; GLM-130B: 96).
     Raises InferenceError (or checkpoints' CheckpointError) with a one-line reason.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from megatron.core import parallel_state
-        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-        from megatron_glm.model.build import build_model
     from checkpoints.convert import ReadOptions, open_checkpoint
     from checkpoints.forward import full_state_dict
     from megatron_glm.config.schema import ModelConfig, ParallelConfig, RunConfig
     from megatron_glm.data.tokenizer import GLMTokenizer, TokenizerError
-    from megatron_glm.model.describe import _single_process_groups
-    from megatron_glm.model.tp_shard import load_full_state_dict
-    from megatron_glm.model.transformer_config import build_transformer_config
 
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype)
     if precision is None:
@@ -367,6 +358,16 @@ def load_inference_model(
     if bad:
         raise InferenceError(f"special-token ids {bad} are outside the checkpoint's vocabulary "
                              f"[0, {glm.padded_vocab_size})")
+
+    with warnings.catch_warnings():  # megatron-core only now: bad input fails fast, before its imports
+        warnings.simplefilter("ignore")
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+        from megatron_glm.model.build import build_model
+    from megatron_glm.model.describe import _single_process_groups
+    from megatron_glm.model.tp_shard import load_full_state_dict
+    from megatron_glm.model.transformer_config import build_transformer_config
 
     seq_length = max_sequence_length or int(run_model.get("seq_length") or DEFAULT_MAX_SEQUENCE_LENGTH)
     standalone = not dist.is_initialized()
