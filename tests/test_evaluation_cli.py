@@ -43,9 +43,8 @@ def _sat_writer():
     return module.write_sat
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("glm_eval")
+def write_checkpoint_and_tasks(root: Path) -> Path:
+    """root/sat (the tiny weights in GLM-130B's release layout) and root/tasks (the four tasks)."""
     _sat_writer()(WEIGHTS, root / "sat", 1, iteration=3, num_layers=LAYERS, head_dim=HIDDEN // HEADS)
     for name, text in TASKS.items():
         (root / "tasks").mkdir(exist_ok=True)
@@ -57,29 +56,15 @@ def setup(tmp_path_factory):
     return root
 
 
-def glm_eval_script() -> str:
-    return shutil.which("glm-eval", path=str(Path(sys.executable).parent)) or "glm-eval"
+def reference_run(root: Path):
+    """(results, prediction lines) of the four tasks through the float64 reference model."""
+    configs = [load_task_file(root / "tasks" / name) for name in sorted(TASKS)]
+    results = evaluate(configs, reference, vocab(), vocab_size=V, progress=False,
+                       predictions_path=str(root / "ref.jsonl"))
+    return results, [json.loads(line) for line in (root / "ref.jsonl").read_text().splitlines()]
 
 
-def test_console_script_matches_the_float64_reference(setup):
-    out = setup / "out"
-    proc = subprocess.run(
-        [glm_eval_script(), "run", str(setup / "sat"), "--tasks", str(setup / "tasks"), "--num-attention-heads",
-         str(HEADS), "--special-token-ids", SPECIAL_ARG, "--output", str(out / "results.json"),
-         "--predictions", str(out / "preds.jsonl")],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "choice" in proc.stdout and "Accuracy" in proc.stdout and "PPL" in proc.stdout
-    results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["special_token_ids"]["mask"] == SPECIAL["mask"]
-    assert results["settings"]["model"]["padded_vocab_size"] == V
-    lines = [json.loads(line) for line in (out / "preds.jsonl").read_text().splitlines()]
-
-    # the same tasks through the float64 reference model (its own decoding without a KV cache)
-    configs = [load_task_file(setup / "tasks" / name) for name in sorted(TASKS)]
-    expected = evaluate(configs, reference, vocab(), vocab_size=V, progress=False,
-                        predictions_path=str(setup / "ref.jsonl"))
-    ref_lines = [json.loads(line) for line in (setup / "ref.jsonl").read_text().splitlines()]
+def assert_predictions_match(lines, ref_lines):
     assert [(l["task"], l["file"], l["index"]) for l in lines] == [(l["task"], l["file"], l["index"]) for l in ref_lines]
     for got, want in zip(lines, ref_lines):
         if got["task"] == "choice":
@@ -91,6 +76,35 @@ def test_console_script_matches_the_float64_reference(setup):
         else:  # greedy ([MASK], blank filling) and beam search ([gMASK]) through the KV cache
             assert got["scores"]["ids"] == want["scores"]["ids"], got["task"]
             assert 5 not in got["scores"]["ids"] or got["task"] != "beam"
+
+
+def eval_command(root: Path, out: Path, *extra: str):
+    return [glm_eval_script(), "run", str(root / "sat"), "--tasks", str(root / "tasks"), "--num-attention-heads",
+            str(HEADS), "--special-token-ids", SPECIAL_ARG, "--output", str(out / "results.json"),
+            "--predictions", str(out / "preds.jsonl"), *extra]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return write_checkpoint_and_tasks(tmp_path_factory.mktemp("glm_eval"))
+
+
+def glm_eval_script() -> str:
+    return shutil.which("glm-eval", path=str(Path(sys.executable).parent)) or "glm-eval"
+
+
+def test_console_script_matches_the_float64_reference(setup):
+    out = setup / "out"
+    proc = subprocess.run(eval_command(setup, out), capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "choice" in proc.stdout and "Accuracy" in proc.stdout and "PPL" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["special_token_ids"]["mask"] == SPECIAL["mask"]
+    assert results["settings"]["model"]["padded_vocab_size"] == V
+    lines = [json.loads(line) for line in (out / "preds.jsonl").read_text().splitlines()]
+    expected, ref_lines = reference_run(setup)
+    assert_predictions_match(lines, ref_lines)
     assert results["tasks"]["choice"]["groups"] == expected["tasks"]["choice"]["groups"]
     ppl = results["tasks"]["lm"]["groups"]["all"]["PPL"]["average"]
     assert ppl == pytest.approx(expected["tasks"]["lm"]["groups"]["all"]["PPL"]["average"], rel=1e-4) and ppl < 1e8
