@@ -298,16 +298,7 @@ def test_greedy_and_beam_search_hand_checked():
 
 
 def test_lambada_answer_extraction_and_metrics():
-    words = ["<pad>", "the", "cat", "sat", ".", "dog", ","]
-
-    class Tok:
-        def encode(self, text):
-            return [words.index(w) for w in text.split()]
-
-        def decode(self, ids):
-            return " ".join(words[i] for i in ids)
-
-    v = Vocab(dict(SPECIAL), Tok())
+    v = Vocab(dict(SPECIAL), WordTokenizer())
     # the first beam whose second word is punctuation wins; else beam 0; first word only
     assert lambada_choice(v, [[2, 3], [5, 4], [3]]) == [5]
     assert lambada_choice(v, [[2, 3], [3, 5]]) == [2]
@@ -377,6 +368,34 @@ def test_data_errors_name_file_and_line(tmp_path):
         with pytest.raises(EvalError) as error:
             load_examples(cfg, TaskFile("all", path, "f.jsonl"), vocab(), V)
         assert message in str(error.value), str(error.value)
+
+
+class WordTokenizer:
+    """A toy tokenizer: one id per space-separated word of a fixed list."""
+
+    words = ["<pad>", "the", "cat", "sat", ".", "dog", ","]
+
+    def encode(self, text):
+        return [self.words.index(w) for w in text.split()]
+
+    def decode(self, ids):
+        return " ".join(self.words[i] for i in ids)
+
+
+def test_text_fields_ids_first_unless_prefer_text_and_raw_lm_files(tmp_path):
+    row = {"inputs": [9, 9], "inputs_pretokenized": "the cat", "choices_pretokenized": ["sat", "dog ,"], "label": 1}
+    path = _write(tmp_path / "f.jsonl", json.dumps(row) + "\n")
+    v = Vocab(dict(SPECIAL), WordTokenizer())
+    file = TaskFile("all", path, "f.jsonl")
+    load_examples(mul_task(), file, v, V)
+    assert file.examples[0]["inputs"] == [9, 9] and file.examples[0]["choices"] == [[3], [5, 6]]
+    v.prefer_text, file = True, TaskFile("all", path, "f.jsonl")
+    load_examples(mul_task(), file, v, V)
+    assert file.examples[0]["inputs"] == [1, 2]
+    raw = _write(tmp_path / "wiki.test.tokens", " the cat sat . \n")
+    lm = TaskFile("all", raw, "wiki.test.tokens")
+    load_examples(parse_task({"name": "w", "type": "lm", "path": "."}, "w.yaml"), lm, v, V)
+    assert lm.examples[0]["tokens"] == [1, 2, 3, 4] and lm.examples[0]["words"] == 4  # "the cat sat ."
 
 
 def test_evaluate_writes_predictions_in_file_order(tmp_path):

@@ -2,7 +2,7 @@
 any checkpoint glm-ckpt reads (docs/evaluation.md).
 
     glm-eval run CKPT --tasks TASK.yaml|DIR [--tasks ...] [--data-path P] [--output results.json]
-                 [--predictions preds.jsonl] [--tokenizer-model M] [--special-token-ids mask=..,eos=..]
+                 [--predictions preds.jsonl] [--tokenizer-model M] [--special-token-ids mask=..,eos=..] [--prefer-text]
                  [--tp N] [--pp N] [--dtype fp32|fp16|bf16] [--num-attention-heads H] [--quiet] [--verbose]
 
 Under torchrun / srun / glm-launch (WORLD_SIZE > 1) the ranks form TP x PP model groups (--tp, --pp)
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--predictions", help="write one JSON line per example (file order) here")
     run.add_argument("--tokenizer-model", help="sentencepiece model for *_pretokenized text and decoding "
                                                "(default: the one the checkpoint's run config records)")
+    run.add_argument("--prefer-text", action="store_true",
+                     help="tokenize *_pretokenized text even where ids are present (data tokenized for another model)")
     run.add_argument("--special-token-ids", default="",
                      help="e.g. mask=150000,gmask=150001,sop=150004,eop=150005,eos=20002")
     run.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (multi-rank runs)")
@@ -131,11 +133,12 @@ def _run(args) -> int:
                                padded_vocab_size=model.vocab_size)
         else:
             vocab = make_vocab(None, {**model.special, **explicit}, padded_vocab_size=model.vocab_size)
+        vocab.prefer_text = args.prefer_text
         settings = {
             "checkpoint": str(args.checkpoint), "tasks": [c.source for c in configs], "data_path": args.data_path,
             "tokenizer_model": vocab.source if vocab.has_tokenizer else None, "special_token_ids": vocab.special,
-            "dtype": args.dtype, "tp": args.tp, "pp": args.pp, "data_parallel": dp_world,
-            "padded_vocab_size": model.vocab_size,
+            "prefer_text": args.prefer_text, "dtype": args.dtype, "tp": args.tp, "pp": args.pp,
+            "data_parallel": dp_world, "padded_vocab_size": model.vocab_size,
             "model": {k: getattr(model.shape, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
                                                             "ffn_hidden_size", "padded_vocab_size")},
         }

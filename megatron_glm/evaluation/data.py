@@ -57,8 +57,9 @@ def _ids(value: Any, vocab_size: Optional[int], where: str, key: str) -> List[in
 
 
 def _field(item: Dict[str, Any], key: str, vocab: Vocab, vocab_size: Optional[int], where: str, nested: bool):
-    """Ids of `key`, preferring the id field over the `*_pretokenized` text (GLM-130B's rule)."""
-    if key in item:
+    """Ids of `key`, preferring the id field over the `*_pretokenized` text (GLM-130B's rule) unless
+    the vocabulary says to prefer text."""
+    if key in item and not (vocab.prefer_text and key + "_pretokenized" in item):
         value = item[key]
         if nested:
             if isinstance(value, list) and value and all(isinstance(t, int) for t in value) and key == "targets":

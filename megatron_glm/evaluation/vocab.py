@@ -38,6 +38,9 @@ class Vocab:
     tokenizer: object = None
     """megatron_glm.data.tokenizer.GLMTokenizer (or anything with encode/decode)."""
     source: str = ""
+    prefer_text: bool = False
+    """Tokenize `*_pretokenized` text even where ids are present (a model with another tokenizer
+    than the data's ids)."""
 
     def __getattr__(self, name):
         special = self.__dict__.get("special", {})
