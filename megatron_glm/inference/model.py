@@ -283,6 +283,26 @@ def _load_yaml(path: Path) -> dict:
         return {}
 
 
+def _mark_tensor_parallel(model: torch.nn.Module) -> None:
+    """The TP attributes megatron-core sets on weights only when it initialises them (we skip the
+    initialisation: every value comes from the checkpoint), so tp_shard knows how to split them."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or getattr(weight, "tensor_model_parallel", False):
+            continue
+        if isinstance(module, ColumnParallelLinear):
+            bias = getattr(module, "bias", None)
+            stride = getattr(bias, "partition_stride", 2 if name.endswith("mlp.linear_fc1") else 1)
+            set_tensor_model_parallel_attributes(weight, True, 0, stride)
+        elif isinstance(module, RowParallelLinear):
+            set_tensor_model_parallel_attributes(weight, True, 1, 1)
+        elif isinstance(module, VocabParallelEmbedding):
+            set_tensor_model_parallel_attributes(weight, True, 0, 1)
+
+
 def load_inference_model(
     checkpoint: str,
     *,
@@ -400,6 +420,8 @@ def load_inference_model(
             model = build_model(run, config=config, parallel_output=False,
                                 pre_process=parallel_state.is_pipeline_first_stage(),
                                 post_process=parallel_state.is_pipeline_last_stage())
+            if tp > 1:
+                _mark_tensor_parallel(model)
             load_full_state_dict(model, weights)
         del weights
         model.eval()
