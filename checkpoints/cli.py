@@ -9,8 +9,9 @@
 
 Formats are detected from the directory. What a format does not record (SAT: the head count) is
 given with --num-attention-heads / --layernorm-epsilon / --rotary-base, or --model PRESET.
-Exit codes: 0 ok; 2 bad input (errors name the file and key; nothing is left behind in DST);
-1 a check that failed (compare above --max-abs-diff, verify found damage).
+Exit codes: 0 ok; 2 bad input or usage (errors name the file and key; nothing is left behind in DST);
+1 a check that failed (compare above --max-abs-diff, verify found damage). --verbose (tracebacks)
+goes before or after the subcommand; `glm-ckpt forward --help` describes the input file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from typing import List, Optional
 
 from checkpoints.errors import CheckpointError
 from megatron_glm.config.loader import ConfigError
+from megatron_glm.runtime.logs import HelpFormatter, add_verbose_option
+
+_STAGING = re.compile(r"(?P<dir>^|[\s/(])\.(?P<name>[^/\s]+)\.(?:tmp|old)-\d+")
+"""convert builds DST in a hidden sibling `.<DST name>.tmp-<pid>` (see checkpoints/convert.py)."""
+
+
+def _user_paths(message: str) -> str:
+    """A message with convert's hidden staging directory named as the DST the user asked for."""
+    return _STAGING.sub(lambda m: m.group("dir") + m.group("name"), message)
 
 
 def _size(text: str) -> int:
@@ -33,48 +43,68 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2) or " "))
 
 
+FORWARD_HELP = """Logits of CKPT for the inputs in IN.pt, through the trainer's own GLM model (TP1, fp32, on CPU).
+
+IN.pt is a torch file (torch.save) holding one dict, or a list of dicts (one per batch), each with
+    tokens          integer tensor [b, s]
+    position_ids    integer tensor [b, s]       (RoPE positions, docs/glm130b.md §1.3)
+    attention_mask  bool tensor [b, 1, s, s]    True = masked (may not be attended to)
+OUT.pt gets the fp32 logits [b, s, padded vocab]: one tensor for a dict, a list for a list.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-ckpt", description=__doc__.split("\n")[0])
-    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="glm-ckpt", description=__doc__, formatter_class=HelpFormatter)
+    add_verbose_option(parser, "tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(sub):
         group = sub.add_argument_group("model numbers a format may not record")
         group.add_argument("--model", help="take them from a model preset or YAML (e.g. glm-130b)")
-        group.add_argument("--num-attention-heads", type=int)
-        group.add_argument("--layernorm-epsilon", type=float)
-        group.add_argument("--rotary-base", type=int)
+        group.add_argument("--num-attention-heads", type=int,
+                           help="attention heads (needed for SAT; default: recorded, or --model's)")
+        group.add_argument("--layernorm-epsilon", type=float,
+                           help="layernorm epsilon (default: recorded, or --model's, else 1e-5)")
+        group.add_argument("--rotary-base", type=int,
+                           help="rotary embedding base (default: recorded, or --model's, else 10000)")
 
     sub = commands.add_parser("inspect", help="format, step, layout, parameters, dtypes, bytes, optimizer")
-    sub.add_argument("checkpoint")
-    sub.add_argument("--json", action="store_true")
+    sub.add_argument("checkpoint", help="checkpoint directory (dist, SAT or safetensors)")
+    sub.add_argument("--json", action="store_true", help="one JSON object")
     model_options(sub)
 
     sub = commands.add_parser("convert", help="write SRC in another format and/or layout")
-    sub.add_argument("src")
-    sub.add_argument("dst")
-    sub.add_argument("--to", required=True, choices=["dist", "sat", "safetensors"])
+    sub.add_argument("src", help="checkpoint directory to read (dist, SAT or safetensors)")
+    sub.add_argument("dst", help="directory to write (built aside and renamed into place when complete)")
+    sub.add_argument("--to", required=True, choices=["dist", "sat", "safetensors"], help="format of DST")
     sub.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of DST (dist, sat)")
     sub.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree of DST (dist)")
-    sub.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    sub.add_argument("--quantize", choices=["int8", "int4"], help="weight-only, per row (sat, safetensors)")
+    sub.add_argument("--dtype", choices=["fp32", "fp16", "bf16"],
+                     help="cast the weights (default: keep each tensor's; fp16 with --quantize)")
+    sub.add_argument("--quantize", choices=["int8", "int4"],
+                     help="weight-only, per row (sat, safetensors) (default: none)")
     sub.add_argument("--model-only", action="store_true", help="drop optimizer state (dist -> dist)")
-    sub.add_argument("--max-shard-size", type=_size, help="safetensors: split into files of this size")
+    sub.add_argument("--max-shard-size", type=_size,
+                     help="safetensors: split into files of this size, e.g. 5GB (default: one file)")
     sub.add_argument("--force", action="store_true", help="replace an existing DST")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
     model_options(sub)
 
-    sub = commands.add_parser("forward", help="logits of CKPT for the inputs in IN.pt")
-    sub.add_argument("checkpoint")
-    sub.add_argument("--inputs", required=True)
-    sub.add_argument("--out", required=True)
+    sub = commands.add_parser("forward", help="logits of CKPT for the inputs in IN.pt",
+                              description=FORWARD_HELP)
+    sub.add_argument("checkpoint", help="checkpoint directory (dist, SAT or safetensors)")
+    sub.add_argument("--inputs", required=True, metavar="IN.pt", help="torch file of input batches (see above)")
+    sub.add_argument("--out", required=True, metavar="OUT.pt", help="torch file to write the logits to")
     model_options(sub)
 
-    sub = commands.add_parser("compare", help="max abs / relative logit difference of two checkpoints")
-    sub.add_argument("a")
-    sub.add_argument("b")
-    sub.add_argument("--inputs", required=True)
-    sub.add_argument("--max-abs-diff", type=float, help="exit 1 if the difference is larger")
+    sub = commands.add_parser("compare", help="max abs / relative logit difference of two checkpoints",
+                              description="Max abs and relative logit difference of checkpoints A and B on "
+                                          "the inputs in IN.pt (the format of glm-ckpt forward --help).")
+    sub.add_argument("a", help="first checkpoint directory")
+    sub.add_argument("b", help="second checkpoint directory")
+    sub.add_argument("--inputs", required=True, metavar="IN.pt", help="torch file of input batches (see forward)")
+    sub.add_argument("--max-abs-diff", type=float,
+                     help="exit 1 if the difference is larger (default: report only)")
     model_options(sub)
 
     sub = commands.add_parser("verify", help="check checkpoints against their manifests (sizes, CRC-32)")
@@ -133,6 +163,9 @@ def _run(args) -> int:
     if args.command == "forward":
         logits = forward.model_logits(conversion.open_checkpoint(args.checkpoint, _read_options(args)), batches)
         forward.save_logits(logits, single, args.out)
+        shapes = ", ".join(f"[{', '.join(map(str, t.shape))}]" for t in logits)
+        print(f"wrote {args.out}: logits of {len(logits)} batch(es), float32 [b, s, padded vocab]: {shapes}"
+              + ("" if single else " (a list, one tensor per input batch)"))
         return 0
     a = forward.model_logits(conversion.open_checkpoint(args.a, _read_options(args)), batches)
     b = forward.model_logits(conversion.open_checkpoint(args.b, _read_options(args)), batches)
@@ -148,11 +181,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (CheckpointError, ConfigError) as error:
+    except (CheckpointError, ConfigError, OSError) as error:
         if args.verbose:
             traceback.print_exc()
-        message = f"invalid --model:\n{error}" if isinstance(error, ConfigError) else str(error)
-        print(f"glm-ckpt: error: {message}", file=sys.stderr)
+        if isinstance(error, ConfigError):
+            message = f"invalid --model:\n{error}"
+        elif isinstance(error, OSError) and not isinstance(error, CheckpointError):
+            where = [str(p) for p in (error.filename, error.filename2) if p is not None]
+            message = (f"{where[0]}: " if where else "") + (error.strerror or str(error))
+        else:
+            message = str(error)
+        print(f"glm-ckpt: error: {_user_paths(message)}", file=sys.stderr)
         return 2
 
 

@@ -37,17 +37,24 @@ class TensorMapping:
         """Indivisible units along `dim` (rows; heads for QKV)."""
         return size
 
-    def check(self, shape: Sequence[int], world: int, glm: "GLMShape", key: str, path: object = None) -> None:
+    def splits(self, shape: Sequence[int], world: int, glm: "GLMShape") -> bool:
+        """Whether `world` ranks can hold equal pieces of a tensor of `shape`."""
+        return self.dim is None or world == 1 or self.units(shape[self.dim], glm) % (world * self.stride) == 0
+
+    def check(self, shape: Sequence[int], world: int, glm: "GLMShape", key: str, path: object = None,
+              hint: str = "choose a --tp that divides it") -> None:
         """Raise if `world` ranks cannot hold equal pieces of a tensor of `shape`."""
-        if self.dim is None or world == 1:
+        if self.splits(shape, world, glm):
             return
-        units = self.units(shape[self.dim], glm)
-        if units % (world * self.stride):
-            what = ("attention heads" if isinstance(self, InterleavedQKV)
-                    else f"size {shape[self.dim]} of dim {self.dim}")
-            raise CheckpointError(f"cannot split {units} {what} into {world} tensor-parallel ranks"
-                                  + (" x 2 GLU halves" if self.stride > 1 else ""), path, key,
-                                  hint="choose a --tp that divides it")
+        size = shape[self.dim]
+        if isinstance(self, InterleavedQKV):
+            what = f"{self.units(size, glm)} attention heads (each rank holds whole heads)"
+        elif self.stride > 1:
+            what = f"dimension {self.dim} (2 GLU halves of {size // 2})"
+        else:
+            what = f"dimension {self.dim} (size {size})"
+        raise CheckpointError(f"cannot split {what} into --tp {world} equal tensor-parallel pieces", path, key,
+                              hint=hint)
 
     def ranges(self, size: int, world: int, rank: int) -> List[Tuple[int, int]]:
         """(start, length) pieces of `dim` that `rank` holds, in the order it stores them."""
@@ -192,8 +199,12 @@ def check_layout(glm: "GLMShape", tp: int, pp: int, path: object = None) -> None
     if glm.num_layers % pp:
         raise CheckpointError(f"{glm.num_layers} layers cannot be split into {pp} equal pipeline stages", path,
                               hint="choose a --pp that divides the number of layers")
-    for key, spec, _ in glm.entries():
-        spec.mapping.check(spec.shape(glm), tp, glm, key, path)
+    entries = glm.entries()
+    for key, spec, _ in entries:
+        if not spec.mapping.splits(spec.shape(glm), tp, glm):
+            fits = [t for t in range(1, 65) if all(s.mapping.splits(s.shape(glm), t, glm) for _, s, _ in entries)]
+            spec.mapping.check(spec.shape(glm), tp, glm, key, path,
+                               hint=f"this model splits for --tp {', '.join(map(str, fits))}")
 
 
 def spec_of(key: str) -> Tuple[ParamSpec, Optional[int]]:

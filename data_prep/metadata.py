@@ -48,9 +48,51 @@ def recorded_kind(stats: Optional[dict]) -> Optional[str]:
 
 def write_json_atomically(path: str, payload: dict) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isfile(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def publish_stats(prefix: str, stats: dict) -> None:
+    """Write PREFIX.stats.json after PREFIX.bin/.idx were published; if it cannot be written, the
+    .bin/.idx go too (a dataset without its record would pass for an older one)."""
+    try:
+        write_json_atomically(stats_path(prefix), stats)
+    except BaseException:
+        for suffix in (".bin", ".idx"):
+            if os.path.isfile(f"{prefix}{suffix}"):
+                os.unlink(f"{prefix}{suffix}")
+        raise
+
+
+def published_name(path: str) -> str:
+    """The output that a temporary file of this process stands for: glm-prep writes every output
+    under a temporary name and renames it when complete (PREFIX.tmp<pid>.bin -> PREFIX.bin, its
+    .lengths/.documents parts -> PREFIX.idx, PREFIX.stats.json.tmp<pid> -> PREFIX.stats.json,
+    M.model.tmp<pid> -> M.model). Any other path is returned as it is."""
+    marker = f".tmp{os.getpid()}"
+    head, found, tail = path.rpartition(marker)
+    if not found or (tail and not tail.startswith(".")):
+        return path
+    return head + {".lengths": ".idx", ".documents": ".idx"}.get(tail, tail)
+
+
+def check_outputs(paths: Sequence[str], option: str) -> None:
+    """Fail before any work (ValueError naming the path and `option`) if an output cannot be
+    written where it is asked for: it is a directory, or a file stands where its folder must be."""
+    for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory, so glm-prep cannot write it; choose another {option}")
+        folder = os.path.dirname(os.path.abspath(path))
+        while folder and not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if folder and not os.path.isdir(folder):
+            raise ValueError(f"cannot write {path}: {folder} is a file, not a directory; choose another {option}")
 
 
 # --- merge ---------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data_prep.indexed_writer import IndexedDatasetWriter, token_dtype
-from data_prep.metadata import write_json_atomically
+from data_prep.metadata import publish_stats
 from data_prep.readers import (Damage, Document, Skip, UnreadableInput, guess_format, is_compressed,
                                read_documents)
 from megatron_glm.data.tokenizer import GLMTokenizer
@@ -369,7 +369,7 @@ def tokenize(options: TokenizeOptions, tokenizer: GLMTokenizer) -> dict:
     stats = _stats(options, tokenizer, writer, reports, instruction_data, time.perf_counter() - started)
     if options.shard:
         stats["inputs_fingerprint"] = _inputs_fingerprint(expand_inputs(options.inputs))
-    write_json_atomically(f"{options.output_prefix}.stats.json", stats)
+    publish_stats(options.output_prefix, stats)
     return stats
 
 

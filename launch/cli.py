@@ -37,7 +37,7 @@ import sys
 from typing import List, Optional
 
 from megatron_glm.config.loader import ConfigError
-from megatron_glm.runtime.logs import configure_logging
+from megatron_glm.runtime.logs import add_verbose_option, configure_logging
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def _prep(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true", help="debug logs from the launcher and the ranks")
+    add_verbose_option(parser, "debug logs from the launcher and the ranks")  # before or after the subcommand
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train on this machine with N local ranks (no Slurm)")
@@ -181,7 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, required=True, help="number of ranks (= world size)")
     run.add_argument("--run-dir", required=True, help="the run directory (resumes from its latest checkpoint)")
     run.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
-    run.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
     run.set_defaults(handler=_run)
 

@@ -388,3 +388,55 @@ def test_a_job_without_any_document_publishes_nothing(tmp_path, demo_tokenizer):
     assert r.returncode == 2
     assert "glm-prep: no documents in 1 input file(s) (2500 filtered by subset): nothing to publish" in r.stderr
     assert _published(tmp_path / "out") == []
+
+
+# --- outputs that cannot be written ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["tokenize", "merge", "train-tokenizer"])
+@pytest.mark.parametrize("obstacle", ["directory", "file"])
+def test_an_unwritable_output_is_named_as_given_before_any_work(tmp_path, demo_tokenizer, demo_datasets, command,
+                                                                obstacle):
+    """A directory where an output file goes, or a file where its folder goes: exit 2 naming the
+    output the user asked for (never the temporary name it is written under), nothing left behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if obstacle == "directory":
+        target = out / {"tokenize": "data.stats.json", "merge": "data.bin", "train-tokenizer": "data.model"}[command]
+        target.mkdir()
+        prefix, expected = out / "data", f"glm-prep: {target} is a directory, so glm-prep cannot write it"
+    else:
+        (out / "sub").write_text("not a directory")
+        prefix = out / "sub" / "data"
+        first = {"tokenize": "data.bin", "merge": "data.bin", "train-tokenizer": "data.model"}[command]
+        expected = f"glm-prep: cannot write {out / 'sub' / first}: {out / 'sub'} is a file, not a directory"
+    option = "--model-prefix" if command == "train-tokenizer" else "--output-prefix"
+    inputs = {"tokenize": ["--input", DEMO_CORPUS / "mip-demo.jsonl", "--tokenizer-model", demo_tokenizer.model_file],
+              "merge": ["--input", demo_datasets["pile"]],
+              "train-tokenizer": ["--input", DEMO_CORPUS / "mip-demo.jsonl"]}[command]
+    before = sorted(out.rglob("*"))
+    r = _run(command, *inputs, option, prefix, "--quiet")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert f"{expected}; choose another {option}" in r.stderr and ".tmp" not in r.stderr
+    assert sorted(out.rglob("*")) == before
+
+
+def test_write_errors_name_the_output_not_its_temporary_file(tmp_path, demo_tokenizer):
+    """An OSError on a temporary output file (PREFIX.tmp<pid>.bin, PREFIX.stats.json.tmp<pid>) is
+    reported for the output it stands for; a record that cannot be written takes the dataset with it."""
+    import os
+
+    from data_prep.cli import _os_error_message
+
+    pid = os.getpid()
+    error = OSError(28, "No space left on device", f"out/x.tmp{pid}.bin")
+    assert _os_error_message(error) == "cannot write out/x.bin: No space left on device; nothing was published"
+    error = IsADirectoryError(21, "Is a directory", f"out/x.stats.json.tmp{pid}", None, "out/x.stats.json")
+    assert _os_error_message(error).startswith("cannot write out/x.stats.json: Is a directory")
+    assert _os_error_message(OSError(27, "File too large"), "out/x") == \
+        "File too large (writing out/x; nothing was published)"
+    (tmp_path / "x.stats.json").mkdir()  # the library call has no up-front check: the publish fails
+    with pytest.raises(IsADirectoryError):
+        tokenize(TokenizeOptions([str(DEMO_CORPUS / "mip-demo.jsonl")], str(tmp_path / "x"), progress=False),
+                 demo_tokenizer)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.stats.json"]

@@ -234,8 +234,8 @@ class DistWriter(Writer):
     def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
                  dtypes: Dict[str, torch.dtype], carried_common: Dict[str, Any], source_format: str):
         if options.quantize:
-            raise CheckpointError("dist checkpoints are for training and hold no quantised weights", root,
-                                  hint="quantise with --to sat or --to safetensors")
+            raise CheckpointError(f"--to dist --quantize {options.quantize}: dist checkpoints are for training and "
+                                  "hold no quantised weights", hint="quantise with --to sat or --to safetensors")
         self.glm, self.options = glm, options
         self.step = step if step is not None else 0
         self.dir = root / f"iter_{self.step:07d}"

@@ -152,8 +152,8 @@ class SafetensorsWriter(Writer):
     def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
                  dtypes: Dict[str, torch.dtype]):
         if options.tp != 1 or options.pp != 1:
-            raise CheckpointError(f"safetensors exports are consolidated (asked TP{options.tp} PP{options.pp})",
-                                  root, hint="drop --tp/--pp or use --to dist / --to sat")
+            raise CheckpointError(f"--to safetensors --tp {options.tp} --pp {options.pp}: safetensors exports are "
+                                  "consolidated (TP1 x PP1)", hint="drop --tp/--pp or use --to dist / --to sat")
         self.root, self.glm, self.options = root, glm, options
         self.bits = BITS[options.quantize] if options.quantize else None
         plan: List[Tuple[str, torch.dtype, Tuple[int, ...]]] = []

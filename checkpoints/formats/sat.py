@@ -187,7 +187,7 @@ class SatWriter(Writer):
     def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
                  dtypes: Dict[str, torch.dtype]):
         if options.pp != 1:
-            raise CheckpointError(f"SAT checkpoints have no pipeline split (asked --pp {options.pp})", root,
+            raise CheckpointError(f"--to sat --pp {options.pp}: SAT checkpoints have no pipeline split",
                                   hint="drop --pp or use --to dist")
         self.glm, self.options, self.world = glm, options, options.tp
         iteration = str(step if step is not None else 0)

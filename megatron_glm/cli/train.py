@@ -2,9 +2,11 @@
 
     glm-train --config RUN.yaml --run-dir DIR [dotted.key=value ...]        (under torchrun / srun)
         train: metrics.jsonl, events.jsonl, checkpoints/ in DIR; resumes from DIR's latest
-        checkpoint; exit 0 when done (DONE written), 75 after a stop signal (checkpoint saved:
-        please requeue), 2 for a bad configuration, 77 when the pre-flight check (first thing
-        after joining the job) finds a broken node (megatron_glm.runtime.preflight).
+        checkpoint. Exit codes (megatron_glm.rundir.ExitCode): 0 done (DONE written), 2 bad
+        configuration or run directory (nothing trained), 75 stopped by a signal (checkpoint
+        saved: please requeue), 74 a checkpoint could not be written (the previous one is intact),
+        76 ended by the hang watchdog, 77 the pre-flight check (first thing after joining the job)
+        found a broken node (megatron_glm.runtime.preflight), 1 an unexpected error (traceback).
 
     glm-train describe PRESET_OR_YAML [dotted.key=value ...]
         one JSON object: shapes and the exact parameter count of the model megatron-core builds.
@@ -12,6 +14,9 @@
         a few optimizer steps of the GLM objective at the configured layout, on the run's glm-prep
         datasets (validation loss before/after) or, without a data section, on synthetic data:
         a quick check of the parallel engine without a run directory.
+
+    describe and smoke exit 0 when done, 2 for a bad configuration or usage. --verbose goes before
+    or after the subcommand.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 from typing import List, Optional
 
 from megatron_glm.config.loader import ConfigError, load_run_config
-from megatron_glm.runtime.logs import configure_logging
+from megatron_glm.runtime.logs import HelpFormatter, add_verbose_option, configure_logging
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -87,20 +92,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="glm-train", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", required=True, help="run preset (tiny-cpu) or run YAML")
     parser.add_argument("--run-dir", required=True, help="config.yaml, metrics.jsonl, events.jsonl, checkpoints/")
-    parser.add_argument("--verbose", action="store_true", help="show third-party warnings and debug logs")
+    add_verbose_option(parser, "show third-party warnings and debug logs")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
     parser.set_defaults(handler=_train)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true", help="show third-party warnings and debug logs")
+    parser = argparse.ArgumentParser(prog="glm-train", description=__doc__, formatter_class=HelpFormatter)
+    add_verbose_option(parser, "show third-party warnings and debug logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
     describe = commands.add_parser("describe", help="print a model's shapes and parameter count as JSON")
@@ -112,19 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     smoke = commands.add_parser("smoke", help="a few GLM training steps on synthetic data (run under torchrun)")
     smoke.add_argument("config", help="model preset or run YAML file")
     smoke.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. parallel.tensor=2")
-    smoke.add_argument("--steps", type=int, default=30)
-    smoke.add_argument("--global-batch", type=int, default=8)
-    smoke.add_argument("--micro-batch", type=int, default=1)
-    smoke.add_argument("--seq-length", type=int, default=64)
-    smoke.add_argument("--lr", type=float, default=1e-2)
+    smoke.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    smoke.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step")
+    smoke.add_argument("--micro-batch", type=int, default=1, help="sequences per forward/backward")
+    smoke.add_argument("--seq-length", type=int, default=64,
+                       help="tokens per synthetic sequence (with a data section: the model's seq_length)")
+    smoke.add_argument("--lr", type=float, default=1e-2, help="learning rate (no schedule)")
     smoke.set_defaults(handler=_smoke)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    subcommand = argv[:1] in (["describe"], ["smoke"], ["-h"], ["--help"])
-    args = (build_parser() if subcommand else build_train_parser()).parse_args(argv)
+    first = [arg for arg in argv if arg != "--verbose"][:1]  # --verbose may come before the subcommand
+    subcommand = first in (["describe"], ["smoke"], ["-h"], ["--help"])
+    parser = build_parser() if subcommand else build_train_parser()
+    # Overrides may also follow options (argparse ends a `nargs="*"` positional at the first
+    # option, e.g. `describe glm-tiny --verbose model.num_layers=4`): leftovers like key=value are overrides.
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(args.overrides) + extra
     configure_logging("glm-train", verbose=args.verbose)
     try:
         return int(args.handler(args))

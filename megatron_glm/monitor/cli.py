@@ -6,9 +6,9 @@ and a self-contained HTML report.
     glm-monitor report RUN [RUN ...] -o report.html
 
 RUN is a run directory written by ``glm-train`` (metrics.jsonl, events.jsonl, config.yaml) or a
-Megatron-LM text log file. Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input
-(missing run, no metrics recognised in it, unwritable output). The spike rule is the trainer's
-(megatron_glm.monitor.spikes).
+Megatron-LM text log file. Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input or
+usage (missing run, no metrics recognised in it, unwritable output, a port in use). --verbose goes
+before or after the subcommand. The spike rule is the trainer's (megatron_glm.monitor.spikes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 from tqdm import tqdm
 
 from megatron_glm.monitor.run import RunStore
+from megatron_glm.runtime.logs import HelpFormatter, add_verbose_option
 
 log = logging.getLogger("glm-monitor")
 
@@ -111,22 +112,22 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glm-monitor", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="glm-monitor", description=__doc__, formatter_class=HelpFormatter)
+    add_verbose_option(p, "log loading and every HTTP request")
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", help="log loading and every HTTP request")
-    s = sub.add_parser("serve", parents=[common], help="live dashboard (read-only, GET only)")
+    s = sub.add_parser("serve", help="live dashboard (read-only, GET only)")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run directory or Megatron-LM text log")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    s.add_argument("--port", type=int, default=8750, help="port (0 = any free port; default 8750)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, loopback: reachable from this machine only)")
+    s.add_argument("--port", type=int, default=8750, help="port (0 = any free port)")
     s.set_defaults(func=cmd_serve)
-    k = sub.add_parser("spikes", parents=[common], help="table of detected spikes")
-    k.add_argument("run", metavar="RUN")
+    k = sub.add_parser("spikes", help="table of detected spikes")
+    k.add_argument("run", metavar="RUN", help="run directory or Megatron-LM text log")
     k.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     k.add_argument("--fail-on-spike", action="store_true", help="exit 1 if any spike was found")
     k.set_defaults(func=cmd_spikes)
-    r = sub.add_parser("report", parents=[common], help="self-contained HTML report")
-    r.add_argument("runs", nargs="+", metavar="RUN")
+    r = sub.add_parser("report", help="self-contained HTML report")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directory or Megatron-LM text log")
     r.add_argument("-o", "--output", required=True, help="HTML file to write")
     r.set_defaults(func=cmd_report)
     return p

@@ -1,5 +1,6 @@
 """Must-be-true 5: corrupt or truncated files, a missing shard, shape or key mismatches and
-impossible layouts fail with the file and key named, a non-zero exit, and no partial DST."""
+impossible layouts fail with the file and key named, a non-zero exit, and no partial DST; errors
+name the DST the user gave, never the hidden directory DST is built in; forward says what it wrote."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoints.cli import _user_paths
+from checkpoints.shapes import GLMShape
 from ckpt_helpers import HEADS_ARGS, ckpt, convert
 from plain_sat_writer import write_sat
+
+GLM_CKPT = str(Path(sys.executable).parent / "glm-ckpt")  # the installed console script
+
+
+def _glm_ckpt(*args):
+    return subprocess.run([GLM_CKPT, *map(str, args)], capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture
@@ -81,7 +90,9 @@ def test_shape_and_key_mismatch(capsys, tmp_path, sat):
 
 
 def test_impossible_layouts(capsys, tmp_path, sat):
-    _fails(capsys, sat, tmp_path / "out", "--tp", "3", expect=["cannot split", "key", "--tp"])
+    _fails(capsys, sat, tmp_path / "out", "--tp", "3",
+           expect=["key 'embedding.word_embeddings.weight': cannot split dimension 0 (size 1024) into --tp 3 equal "
+                   "tensor-parallel pieces (this model splits for --tp 1, 2, 4)"])
     _fails(capsys, sat, tmp_path / "out", "--tp", "8", expect=["4 attention heads", "linear_qkv.weight"])
     _fails(capsys, sat, tmp_path / "out", "--pp", "3", expect=["8 layers", "--pp"])
     code, _, err = ckpt(capsys, "convert", sat, tmp_path / "out", "--to", "sat", "--pp", "2", *HEADS_ARGS)
@@ -107,3 +118,54 @@ def test_console_exit_code_and_bad_inputs(tmp_path, sat):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "attention_mask" in result.stderr and "bool" in result.stderr
     assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.fixture
+def small_sat(tmp_path) -> Path:
+    """A 2-layer GLM (hidden 64, 4 heads, padded vocab 256) in SAT layout at TP2, step 7, random fp16
+    weights, written in-process by the plain writer (no rank run)."""
+    glm = GLMShape(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, padded_vocab_size=256)
+    generator = torch.Generator().manual_seed(0)
+    weights = {key: (0.02 * torch.randn(*spec.shape(glm), generator=generator)).half()
+               for key, spec, _ in glm.entries()}
+    write_sat(weights, tmp_path / "sat", 2, iteration=7, num_layers=2, head_dim=16)
+    return tmp_path / "sat"
+
+
+def test_convert_errors_name_dst_not_its_staging_directory(capsys, tmp_path, small_sat):
+    """DST is built in a hidden `.DST.tmp-<pid>` sibling: an error met there names DST. --verbose
+    (a traceback first) goes before or after the subcommand."""
+    dst = tmp_path / "stq"
+    expected = "glm-ckpt: error: --to sat --pp 2: SAT checkpoints have no pipeline split (drop --pp or use --to dist)"
+    args = ["--to", "sat", "--pp", "2", "--num-attention-heads", "4", "--quiet"]
+    r = _glm_ckpt("convert", small_sat, dst, *args, "--verbose")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("Traceback") and r.stderr.splitlines()[-1] == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sat"]  # no DST, no staging directory
+    code, out, err = ckpt(capsys, "--verbose", "convert", small_sat, dst, *args)
+    assert (code, out) == (2, "") and err.startswith("Traceback") and err.splitlines()[-1] == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sat"]
+    # Any other message (a full disk while writing, say) is rewritten the same way.
+    assert _user_paths(f"{tmp_path}/.stq.tmp-1906/7/mp_rank_00_model_states.pt: No space left on device") == \
+        f"{tmp_path}/stq/7/mp_rank_00_model_states.pt: No space left on device"
+    assert _user_paths(".stq.tmp-1906: cannot write") == "stq: cannot write"
+    assert _user_paths("old/x.tmp-3/y") == "old/x.tmp-3/y"  # not convert's staging name
+
+
+def test_forward_documents_its_input_and_says_what_it_wrote(tmp_path, small_sat):
+    shown = _glm_ckpt("forward", "--help")
+    assert shown.returncode == 0
+    for line in ("tokens          integer tensor [b, s]", "position_ids    integer tensor [b, s]",
+                 "attention_mask  bool tensor [b, 1, s, s]    True = masked"):
+        assert line in shown.stdout, line
+    causal = torch.ones(8, 8, dtype=torch.bool).triu(1)
+    batches = [{"tokens": torch.randint(0, 256, (b, 8)), "position_ids": torch.arange(8).repeat(b, 1),
+                "attention_mask": causal.expand(b, 1, 8, 8).clone()} for b in (1, 2)]
+    torch.save(batches, tmp_path / "in.pt")
+    out = tmp_path / "logits" / "out.pt"
+    r = _glm_ckpt("forward", small_sat, "--inputs", tmp_path / "in.pt", "--out", out, "--num-attention-heads", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"wrote {out}: logits of 2 batch(es), float32 [b, s, padded vocab]: [1, 8, 256], "
+                        "[2, 8, 256] (a list, one tensor per input batch)\n")
+    assert r.stderr == ""
+    assert [tuple(t.shape) for t in torch.load(out)] == [(1, 8, 256), (2, 8, 256)]

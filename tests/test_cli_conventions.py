@@ -1,0 +1,160 @@
+"""The conventions the five console scripts share: exit codes (0 ok, 2 bad input or usage, the
+others each tool documents in --help), --verbose before or after the subcommand with one effect,
+and --help that gives every option a help text and shows its default."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import checkpoints.cli
+import data_prep.cli
+import launch.cli
+import megatron_glm.cli.train
+import megatron_glm.monitor.cli
+from megatron_glm.runtime.logs import HelpFormatter
+
+BIN = Path(sys.executable).parent  # the environment's console scripts, activated or not
+
+PARSERS = {
+    "glm-train": [megatron_glm.cli.train.build_parser, megatron_glm.cli.train.build_train_parser],
+    "glm-prep": [data_prep.cli.build_parser],
+    "glm-launch": [launch.cli.build_parser],
+    "glm-ckpt": [checkpoints.cli._parser],
+    "glm-monitor": [megatron_glm.monitor.cli.build_parser],
+}
+
+LAUNCH_HELP_PENDING = {
+    "glm-launch submit --job-name", "glm-launch prep --cluster", "glm-launch prep --tokenizer-model",
+    "glm-launch prep --set", "glm-launch prep --dry-run", "glm-launch status run_dir", "glm-launch status --json",
+}
+"""Arguments of glm-launch still without help text (launch/cli.py is being edited elsewhere): the list
+may only shrink; a new argument without help fails the test."""
+
+
+def _run(tool, *args, timeout=120):
+    return subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _parsers(parser, name):
+    """(name, parser) of a parser and, recursively, of its subcommands."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def _meaningful_default(action) -> bool:
+    default = action.default
+    return not (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                or default in ([], "") or action.nargs == 0)
+
+
+def test_every_argument_has_help_and_every_default_is_shown():
+    missing_help, missing_default, formatters = set(), [], []
+    for tool, builders in PARSERS.items():
+        for build in builders:
+            for name, parser in _parsers(build(), tool):
+                if not issubclass(parser.formatter_class, HelpFormatter):
+                    formatters.append(name)
+                for action in parser._actions:
+                    if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                        continue
+                    label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+                    if not action.help:
+                        missing_help.add(label)
+                        continue
+                    shown = parser._get_formatter()._get_help_string(action)
+                    if _meaningful_default(action) and "default" not in shown:
+                        missing_default.append(label)
+    assert formatters == [], "parsers without the shared HelpFormatter (defaults in --help)"
+    assert missing_default == [], "defaults --help does not show"
+    assert missing_help - LAUNCH_HELP_PENDING == set(), "arguments without help text"
+    assert LAUNCH_HELP_PENDING - missing_help == set(), "these have help now: drop them from LAUNCH_HELP_PENDING"
+
+
+def test_help_shows_the_module_docstring_defaults_and_formatting():
+    help_text = data_prep.cli.build_parser().format_help()
+    assert "    glm-prep tokenize --input FILES..." in help_text  # the docstring's layout is kept
+    tokenize = [a for a in data_prep.cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    text = tokenize[0].choices["tokenize"].format_help()
+    assert "(default: 0.05)" in text and "(default: text)" in text
+    inspect = tokenize[0].choices["inspect"].format_help()
+    for default in ("(default: mask)", "(default: 1)", "(default: 2048)"):
+        assert default in " ".join(inspect.split()), default
+    train = tokenize[0].choices["train-tokenizer"].format_help()
+    assert "(default: 32000)" in train
+
+
+EXIT_CODES = {  # what each tool's --help must say about its exit codes beyond 0 and 2
+    "glm-train": ["75 stopped by a signal", "77 the pre-flight check", "2 bad"],
+    "glm-prep": ["Exit codes: 0 done; 2 bad usage or input", "3 a failed job"],
+    "glm-launch": ["Exit 0 fits, 1 does not fit, 2 bad input", "2 bad configuration"],
+    "glm-ckpt": ["Exit codes: 0 ok; 2 bad input or usage", "1 a check that failed"],
+    "glm-monitor": ["Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input or"],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(PARSERS))
+def test_help_documents_the_exit_codes_and_bad_usage_exits_2(tool):
+    shown = _run(tool, "--help")
+    assert shown.returncode == 0 and shown.stderr == ""
+    flat = " ".join(shown.stdout.split())
+    for text in EXIT_CODES[tool]:
+        assert text in flat, (tool, text)
+    assert "--verbose" in flat
+    bad = _run(tool, "--no-such-option")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "usage:" in bad.stderr and f"{tool}: error:" in bad.stderr
+
+
+# --- --verbose before or after the subcommand ------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool, argv", [
+    ("glm-train", ["describe", "glm-tiny"]),
+    ("glm-prep", ["merge", "--input", "a", "--output-prefix", "b"]),
+    ("glm-launch", ["status", "run"]),
+    ("glm-ckpt", ["inspect", "ckpt"]),
+    ("glm-monitor", ["spikes", "run"]),
+])
+def test_verbose_is_parsed_the_same_before_and_after_the_subcommand(tool, argv):
+    def parse(args):
+        if tool == "glm-train":  # main() routes the subcommands to build_parser
+            return megatron_glm.cli.train.build_parser().parse_args(args)
+        return PARSERS[tool][0]().parse_known_args(args)[0]
+
+    before, after, without = parse(["--verbose", *argv]), parse([*argv, "--verbose"]), parse(argv)
+    assert before.verbose is True and after.verbose is True and without.verbose is False
+    assert vars(before) == vars(after)
+
+
+def test_verbose_before_and_after_the_subcommand_on_the_command_line(tmp_path):
+    """The real scripts accept both places and do the same (glm-monitor logs its loading with it).
+    glm-train routes `--verbose describe` to the subcommand, not to the training form (which needs
+    --config); glm-launch accepts it before every subcommand (it took it only after `run`). The
+    glm-ckpt case: tests/checkpoints/test_ckpt_errors.py."""
+    from megatron_glm.monitor.synthetic_runs import Curve, write_run
+
+    write_run(tmp_path / "run", Curve(40, seed=1))
+    for flags in (["--verbose", "spikes", tmp_path / "run"], ["spikes", tmp_path / "run", "--verbose"]):
+        r = _run("glm-monitor", *flags)
+        assert r.returncode == 0 and f"glm-monitor: {tmp_path / 'run'}: 40 rows in" in r.stderr, r.stderr
+    assert "rows in" not in _run("glm-monitor", "spikes", tmp_path / "run").stderr
+
+    for flags in (["--verbose", "--quiet", "merge"], ["merge", "--quiet", "--verbose"]):
+        r = _run("glm-prep", *flags, "--input", tmp_path / "none", "--output-prefix", tmp_path / "out")
+        assert r.returncode == 2 and f"glm-prep: {tmp_path / 'none'}: no complete .bin/.idx pair" in r.stderr
+    assert not list(tmp_path.glob("out*"))
+
+    for flags in (["--verbose", "describe", "glm-tiny"], ["describe", "glm-tiny", "--verbose"]):
+        r = _run("glm-train", *flags, "model.num_heads=3")
+        assert r.returncode == 2 and "unknown field 'model.num_heads'" in r.stderr, r.stderr
+
+    r = _run("glm-launch", "--verbose", "status", tmp_path)
+    assert r.returncode == 2 and "not a run directory" in r.stderr, r.stderr
