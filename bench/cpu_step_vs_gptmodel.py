@@ -84,7 +84,8 @@ def _worker(args) -> None:
     from megatron_glm.model.build import build_model_chunks
     from megatron_glm.runtime.distributed import destroy_distributed, discover_world, initialize_distributed
     from megatron_glm.training.batches import SyntheticBatches
-    from megatron_glm.training.step import build_optimizer, train_step, wrap_for_training
+    from megatron_glm.training.step import (build_optimizer, forward_backward, guarded_optimizer_step,
+                                            wrap_for_training)
 
     run = _run_config(args)
     initialize_distributed(run, discover_world())
@@ -101,7 +102,8 @@ def _worker(args) -> None:
             dist.barrier()
             started = time.perf_counter()
             for _ in range(count):
-                train_step(model, optimizer, batches, len(batches), 1, args.seq)
+                forward_backward(model, optimizer, batches, 1, args.seq)  # the training loop's step
+                guarded_optimizer_step(optimizer)
             dist.barrier()
             return (time.perf_counter() - started) / count
 

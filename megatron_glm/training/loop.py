@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core import dist_checkpointing
 from megatron.core.utils import unwrap_model
 from torch.distributed.checkpoint.api import CheckpointException
@@ -56,7 +55,8 @@ from megatron_glm.training.checkpointing import (CheckpointSaveError, ResumePoin
                                                  find_resume_checkpoint, load_checkpoint, resolve_checkpoint,
                                                  save_checkpoint, start_checkpoint_writer_helpers)
 from megatron_glm.training.schedules import BatchRampup, BatchSizeSchedule, LRScheduleConfig, build_lr_scheduler
-from megatron_glm.training.step import batch_losses, build_optimizer, evaluate, run_schedule, wrap_for_training
+from megatron_glm.training.step import (build_optimizer, evaluate, forward_backward, guarded_optimizer_step,
+                                        wrap_for_training)
 from megatron_glm.training.tensorboard import TensorBoardScalars
 from megatron_glm.training.watchdog import HangWatchdog
 
@@ -102,21 +102,6 @@ def _is_writer_rank() -> bool:
     return (parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
             and parallel_state.get_data_parallel_rank() == 0)
 
-
-
-def _guarded_step(optimizer, allow) -> tuple:
-    """megatron-core's ChainedOptimizer.step with a decision between the norm and the update.
-    Returns (applied, grad_norm, overflow)."""
-    if optimizer.prepare_grads():  # FP16 overflow: the loss scaler already backed off
-        return False, None, True
-    grad_norm = optimizer.get_grad_norm()
-    if not allow(grad_norm):
-        return False, grad_norm, False
-    for inner in optimizer.chained_optimizers:
-        parameters = inner.get_parameters()
-        if parameters and inner.config.clip_grad > 0.0:
-            clip_grad_by_total_norm_fp32(parameters, max_norm=inner.config.clip_grad, total_norm=grad_norm)
-    return optimizer.step_with_ready_grads(), grad_norm, False
 
 
 def _param_norm(model) -> float:
@@ -270,12 +255,10 @@ class Trainer:
     def _forward_backward(self, batch_size: int) -> tuple:
         """(mean loss, {"loss/<source>": loss}) of the global batch at the current position."""
         for chunk in self.model:
-            chunk.zero_grad_buffer()
             unwrap_model(chunk).set_training_step(self.state.step)
-        self.optimizer.zero_grad()
         batches = self.data.batches_at(self.state.consumed_samples, batch_size)
-        losses = run_schedule(self.model, batches, len(batches), self.train.micro_batch_size, self.seq_length, False)
-        return batch_losses(losses, self.data.source_names)
+        return forward_backward(self.model, self.optimizer, batches, self.train.micro_batch_size, self.seq_length,
+                                self.data.source_names)
 
     def _inject(self, loss: float) -> float:
         """Test-only fault, tied to the data position like a real bad batch: after a rollback
@@ -307,7 +290,7 @@ class Trainer:
             return not non_finite and (spike is None or self.train.spike_policy == "log")
 
         lr = self.optimizer.param_groups[0]["lr"]
-        applied, grad_norm, overflow = _guarded_step(self.optimizer, allow)
+        applied, grad_norm, overflow = guarded_optimizer_step(self.optimizer, allow)
         spike = verdict.get("spike")
         record = {"loss": loss, "grad_norm": None if grad_norm is None else float(grad_norm),
                   "overflow": overflow, "applied": applied, "lr": lr, "batch_size": batch_size,

@@ -1,66 +1,76 @@
-"""The CPU demo job until the real training loop exists: GLM steps at the configured layout.
+"""`glm-train smoke`: the training loop itself for a few steps, on a throw-away run directory.
 
-Every rank builds its chunks, wraps them in megatron-core DDP, builds the DistributedOptimizer and
-runs `steps` global batches through the configured pipeline schedule. Data: the run's `data`
-section when it names sources (the glm-prep datasets, blended, with a validation split evaluated
-before and after training), else synthetic GLM sequences. Rank 0 prints one JSON line per step.
+A quick check of the parallel engine at a layout (TP x PP x DP, virtual pipeline, recompute)
+without choosing a run directory: it is the Trainer that `glm-train --config --run-dir` runs (the
+same step, spike guard, validation and checkpoint at the end), on a temporary directory that is
+removed afterwards. Data: the run's glm-prep datasets when its `data` section names them,
+otherwise synthetic GLM sequences. The learning rate is constant (no warm-up, no decay) and the
+spike guard only logs, so that a few steps of a tiny model show the loss falling. Single machine:
+the temporary directory is the one of global rank 0's machine.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import os
+import shutil
 import tempfile
-import time
-from typing import Callable
+from pathlib import Path
 
-from megatron.core import parallel_state
+import torch.distributed as dist
 
 from megatron_glm.config.schema import RunConfig
-from megatron_glm.model.build import build_model_chunks
-from megatron_glm.training.batches import DatasetBatches, SyntheticBatches
-from megatron_glm.training.step import build_optimizer, evaluate, train_step, wrap_for_training
+from megatron_glm.rundir import EVENTS_FILE, METRICS_FILE, ExitCode
 
 
-def _is_reporting_rank() -> bool:
-    return (parallel_state.get_data_parallel_rank() == 0 and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_pipeline_model_parallel_rank() == 0)
+def smoke_config(run: RunConfig, steps: int, global_batch: int, micro_batch: int, seq_length: int,
+                 lr: float) -> RunConfig:
+    """The run config the smoke test trains: the given layout and model, a short constant-LR run."""
+    run = copy.deepcopy(run)
+    train = run.train
+    train.steps, train.global_batch_size, train.micro_batch_size = steps, global_batch, micro_batch
+    train.rampup_batch_size = []
+    train.peak_lr = train.min_lr = lr
+    train.warmup_samples, train.decay_samples = 0, 0
+    train.eval_interval, train.save_interval, train.tensorboard = 0, 0, False
+    train.spike_policy = "log"
+    train.init_from = ""
+    if not (run.data.sources or run.data.instruction_prefix):
+        run.data.synthetic = True
+        run.model.seq_length = seq_length
+    return run
+
+
+def summarize(run_dir: Path) -> dict:
+    """First/last training loss and validation loss of the run's metrics and start event."""
+    lines = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    losses = [line["loss"] for line in lines if "loss" in line]
+    summary = {"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1],
+               "relative_drop": 1.0 - losses[-1] / losses[0]}
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines() if line.strip()]
+    first_val = next((e["val_loss"] for e in events if e.get("kind") == "start" and "val_loss" in e), None)
+    last_val = next((line["val_loss"] for line in reversed(lines) if "val_loss" in line), None)
+    if first_val is not None and last_val is not None:
+        summary.update(first_val_loss=first_val, last_val_loss=last_val,
+                       val_relative_drop=1.0 - last_val / first_val)
+    return summary
 
 
 def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, seq_length: int,
-              lr: float, report: Callable[[dict], None] = lambda line: print(json.dumps(line), flush=True)) -> dict:
-    """Train `steps` global batches; returns first/last training loss and validation losses."""
-    dp_size = parallel_state.get_data_parallel_world_size()
-    if global_batch % (dp_size * micro_batch):
-        raise ValueError(f"global batch {global_batch} must be a multiple of data-parallel size "
-                         f"{dp_size} x micro batch {micro_batch}")
-    if run.data.sources:
-        if not run.data.cache_dir:  # smoke runs on one machine: its temporary directory is shared
-            run.data.cache_dir = os.path.join(tempfile.gettempdir(), "glm-smoke-dataset-cache")
-        data = DatasetBatches(run, steps * global_batch, global_batch, micro_batch)
-        seq_length = run.model.seq_length
-    else:
-        data = SyntheticBatches(run, global_batch, micro_batch, seq_length)
-    model = wrap_for_training(build_model_chunks(run), overlap_grad_reduce=run.parallel.overlap_grad_reduce)
-    optimizer = build_optimizer(model, lr=lr)
-    num_micro = global_batch // parallel_state.get_data_parallel_world_size() // micro_batch
-    validation = data.validation_batches()
-    summary: dict = {}
-    if validation is not None:
-        summary["first_val_loss"] = evaluate(model, validation, num_micro, micro_batch, seq_length)
-    losses = []
-    for step in range(steps):
-        started = time.perf_counter()
-        result = train_step(model, optimizer, data.batches_at(step * global_batch), num_micro, micro_batch, seq_length)
-        losses.append(result.loss)
-        if _is_reporting_rank():
-            grad_norm = None if result.grad_norm is None else round(float(result.grad_norm), 5)
-            report({"step": step + 1, "loss": round(result.loss, 5), "grad_norm": grad_norm,
-                    "skipped": not result.update_successful,
-                    "step_time_s": round(time.perf_counter() - started, 3)})
-    summary.update(first_loss=losses[0], last_loss=losses[-1])
-    if validation is not None:
-        summary["last_val_loss"] = evaluate(model, validation, num_micro, micro_batch, seq_length)
-        summary["val_relative_drop"] = 1.0 - summary["last_val_loss"] / summary["first_val_loss"]
-    summary["relative_drop"] = 1.0 - losses[-1] / losses[0]
-    return summary
+              lr: float) -> dict:
+    """Collective (process groups initialised): train, then return summarize() on every rank."""
+    from megatron_glm.training.loop import run_training
+
+    path = [tempfile.mkdtemp(prefix="glm-smoke-") if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(path, src=0)
+    run_dir = Path(path[0])
+    try:
+        code = run_training(smoke_config(run, steps, global_batch, micro_batch, seq_length, lr), str(run_dir))
+        if code != ExitCode.DONE:
+            raise RuntimeError(f"the smoke run ended with exit code {int(code)}")
+        dist.barrier()  # the writer rank's metrics are complete
+        return summarize(run_dir)
+    finally:
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)

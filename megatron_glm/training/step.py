@@ -1,23 +1,27 @@
 """One optimizer step on megatron-core: DDP, (Distributed)Optimizer, pipeline schedules.
 
-The pieces the training loop, the CPU demo and the layout-equivalence tests share:
+The pieces of the training loop's step (megatron_glm/training/loop.py), which the layout-
+equivalence tests drive directly:
 - `wrap_for_training`: megatron-core DDP around every model chunk (gradients reduced in fp32);
 - `build_optimizer`: megatron-core's Adam(W); `use_distributed_optimizer` shards its state (ZeRO-1);
-- `train_step`: one global batch through `get_forward_backward_func` (no pipelining, 1F1B, or
-  interleaved 1F1B) and one optimizer step; the loss is GLM's per-sequence token mean
-  (docs/glm130b.md §2.4), averaged over the sequences of the global batch.
+- `forward_backward`: one global batch through `get_forward_backward_func` (no pipelining, 1F1B,
+  or interleaved 1F1B); the loss is GLM's per-sequence token mean (docs/glm130b.md §2.4),
+  averaged over the sequences of the global batch;
+- `guarded_optimizer_step`: megatron-core's optimizer step split at the gradient norm, so that the
+  loop's spike guard decides between the norm and the update.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
@@ -154,20 +158,6 @@ def build_optimizer(
     return optimizer
 
 
-@dataclass
-class StepResult:
-    loss: float
-    """Mean per-sequence loss over the global batch (the same value on every rank)."""
-    grad_norm: Optional[float]
-    """None when the step was skipped (FP16 overflow)."""
-    update_successful: bool
-
-
-def global_mean_loss(losses: List[Dict[str, torch.Tensor]]) -> float:
-    """Average the last stage's micro-batch losses, over DP, and share the value with every rank."""
-    return batch_losses(losses, ())[0]
-
-
 def batch_losses(losses: List[Dict[str, torch.Tensor]], source_names: Sequence[str]) -> tuple:
     """Collective: (mean loss of the global batch, {"loss/<name>": mean per-sequence loss of that
     source} for the sources present in it), the same on every rank. One vector carries both, so
@@ -222,21 +212,31 @@ def evaluate(
         losses = run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, True)
     for chunk in model:
         chunk.train()
-    return global_mean_loss(losses)
+    return batch_losses(losses, ())[0]
 
 
-def train_step(
-    model: List[DistributedDataParallel],
-    optimizer,
-    micro_batches: Iterable[MicroBatch],
-    num_micro_batches: int,
-    micro_batch_size: int,
-    seq_length: int,
-) -> StepResult:
-    """One global batch (this DP rank's share) forward/backward and one optimizer step."""
+def forward_backward(model: List[DistributedDataParallel], optimizer, micro_batches: Sequence[MicroBatch],
+                     micro_batch_size: int, seq_length: int, source_names: Sequence[str] = ()) -> tuple:
+    """Gradients of one global batch (this DP rank's micro-batches) in the DDP buffers. Collective:
+    returns (mean loss, {"loss/<source>": loss}), the same on every rank."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = run_schedule(model, micro_batches, num_micro_batches, micro_batch_size, seq_length, False)
-    update_successful, grad_norm, _ = optimizer.step()
-    return StepResult(loss=global_mean_loss(losses), grad_norm=grad_norm, update_successful=update_successful)
+    losses = run_schedule(model, micro_batches, len(micro_batches), micro_batch_size, seq_length, False)
+    return batch_losses(losses, source_names)
+
+
+def guarded_optimizer_step(optimizer, allow: Callable[[Optional[torch.Tensor]], bool] = lambda grad_norm: True) -> tuple:
+    """megatron-core's ChainedOptimizer.step with a decision between the gradient norm and the
+    update: `allow(grad_norm)` False leaves the weights as they are. Returns (applied, grad_norm,
+    overflow); an FP16 overflow skips the update (the loss scaler has already backed off)."""
+    if optimizer.prepare_grads():
+        return False, None, True
+    grad_norm = optimizer.get_grad_norm()
+    if not allow(grad_norm):
+        return False, grad_norm, False
+    for inner in optimizer.chained_optimizers:
+        parameters = inner.get_parameters()
+        if parameters and inner.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(parameters, max_norm=inner.config.clip_grad, total_norm=grad_norm)
+    return optimizer.step_with_ready_grads(), grad_norm, False

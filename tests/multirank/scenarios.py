@@ -118,13 +118,23 @@ def tp_equivalence(workdir: Path) -> None:
     destroy_distributed()
 
 
+def train_step(model, optimizer, micro_batches) -> float:
+    """One step exactly as the training loop takes it (micro-batch size 1), every update applied."""
+    from megatron_glm.training.step import forward_backward, guarded_optimizer_step
+
+    loss, _ = forward_backward(model, optimizer, micro_batches, 1, SEQ_LENGTH)
+    applied, _, _ = guarded_optimizer_step(optimizer)
+    assert applied
+    return loss
+
+
 def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
     from megatron.core import parallel_state
 
     from megatron_glm.data.synthetic_samples import synthetic_samples
     from megatron_glm.model.build import build_model_chunks
     from megatron_glm.model.tp_shard import load_full_state_dict
-    from megatron_glm.training.step import build_optimizer, collate, evaluate, train_step, wrap_for_training
+    from megatron_glm.training.step import build_optimizer, collate, evaluate, wrap_for_training
 
     run = _run_config(*overrides)
     validate(run, world_size=discover_world().world_size)
@@ -142,8 +152,7 @@ def train_layout(workdir: Path, name: str, overrides: List[str]) -> None:
         samples = synthetic_samples(GLOBAL_BATCH, SEQ_LENGTH, run.model.vocab_size, seed=seed)
         return [collate([sample]) for sample in samples[dp_rank * per_rank:(dp_rank + 1) * per_rank]]
 
-    losses = [train_step(model, optimizer, my_batches(100 + step), per_rank, 1, SEQ_LENGTH).loss
-              for step in range(TRAIN_STEPS)]
+    losses = [train_step(model, optimizer, my_batches(100 + step)) for step in range(TRAIN_STEPS)]
     first_batch_after = evaluate(model, my_batches(100), per_rank, 1, SEQ_LENGTH)
     if torch.distributed.get_rank() == 0:
         layers = [len(chunk.decoder.layers) for chunk in chunks]
@@ -160,7 +169,7 @@ def resume(workdir: Path, mode: str, name: str, overrides: List[str]) -> None:
     from megatron_glm.model.build import build_model_chunks
     from megatron_glm.model.tp_shard import load_full_state_dict
     from megatron_glm.training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-    from megatron_glm.training.step import build_optimizer, collate, train_step, wrap_for_training
+    from megatron_glm.training.step import build_optimizer, collate, wrap_for_training
 
     run = _run_config(*overrides)
     initialize_distributed(run, discover_world())
@@ -183,7 +192,7 @@ def resume(workdir: Path, mode: str, name: str, overrides: List[str]) -> None:
         first = common["step"]
     losses = {}
     for step in range(first, 8):
-        losses[step + 1] = train_step(model, optimizer, my_batches(step), per_rank, 1, SEQ_LENGTH).loss
+        losses[step + 1] = train_step(model, optimizer, my_batches(step))
         if mode == "uninterrupted" and step + 1 == 4:
             save_checkpoint(checkpoints, 4, model, optimizer, {"consumed_samples": 4 * GLOBAL_BATCH},
                             keep_last=2)
