@@ -162,6 +162,14 @@ def test_mul_scores_are_sums_of_separately_computed_choice_logprobs(task_mask):
         assert mean_record["scores"] == pytest.approx([s / len(c) for s, c in zip(record["scores"], example["choices"])])
 
 
+def test_mul_ignores_unidirectional_as_the_release_does():
+    examples = [{"inputs": [5, 6, 7, 8], "choices": [[20, 21], [23]], "label": 0}]
+    _, bidirectional = run_mul(mul_task(use_task_mask=True), _mul_file(examples), Context(reference, vocab()))
+    _, unidirectional = run_mul(mul_task(use_task_mask=True, unidirectional=True), _mul_file(examples),
+                                Context(reference, vocab()))
+    assert unidirectional[0]["scores"] == bidirectional[0]["scores"]
+
+
 def test_mul_single_token_scores_read_at_sop():
     examples = [{"inputs": [5, 6, 7], "choices": [[20], [21], [22], [23]], "label": 1}]
     _, records = run_mul(mul_task(), _mul_file(examples), Context(reference, vocab()))

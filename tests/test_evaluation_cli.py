@@ -143,3 +143,11 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, case, message
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("glm-eval: error:") and message in err, err
     assert "Traceback" not in err
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint_is_exit_2(setup, demo_tokenizer, capsys):
+    capsys.readouterr()
+    code = main(["run", str(setup / "sat"), "--tasks", str(setup / "tasks" / "choice.yaml"), "--num-attention-heads",
+                 str(HEADS), "--tokenizer-model", demo_tokenizer.model_file, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "vocabulary" in err, err

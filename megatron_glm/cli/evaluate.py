@@ -62,7 +62,11 @@ def _init_distributed(tp: int, pp: int):
         return 0, 0, 1, None
     if world.world_size % (tp * pp):
         raise EvalError(f"{world.world_size} ranks do not split into TP{tp} x PP{pp} groups")
-    from megatron.core import parallel_state
+    import warnings
+
+    with warnings.catch_warnings():  # megatron-core warns at import that apex/TE are absent
+        warnings.simplefilter("ignore")
+        from megatron.core import parallel_state
 
     from megatron_glm.runtime.cpu_backend import install_cpu_backend
 

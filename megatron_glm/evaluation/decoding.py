@@ -71,7 +71,7 @@ class _Layout:
         mask = self.mask[:length, :length].expand(n, 1, -1, -1)
         out = logits_fn(tokens, positions.contiguous(), mask.contiguous())
         row = self.last if t == 0 else length - 1
-        return out[:, row].float()
+        return out[:, row].float().cpu()
 
 
 def greedy(logits_fn: LogitsFn, sample: GenSample, options: DecodeOptions) -> List[int]:
@@ -211,7 +211,7 @@ def beam_search_cached(model, sample: GenSample, options: DecodeOptions) -> List
     for row in range(cl, padded):  # padding rows attend to themselves only (they are never read)
         mask[row, row] = False
     cache = model.new_cache(1, padded + options.max_gen_length)
-    logits = model.extend(cache, tokens, positions, mask[None, None], logits_at=torch.tensor([cl - 1]))
+    logits = model.extend(cache, tokens, positions, mask[None, None], logits_at=torch.tensor([cl - 1])).float().cpu()
     row_mask = layout.mask[cl - 1, :padded]
     search = BeamSearch(_generation_config(options), list(options.end_tokens), torch.Generator().manual_seed(0))
     beams = [layout.context.tolist()]
@@ -224,7 +224,7 @@ def beam_search_cached(model, sample: GenSample, options: DecodeOptions) -> List
         feed = torch.tensor([[beam[-1]] for beam in beams])
         position = torch.full((width, 1), int(sample.target_position_ids[step]), dtype=torch.long)
         rows = torch.cat([row_mask.expand(width, -1), torch.zeros(width, step + 1, dtype=torch.bool)], dim=1)
-        logits = model.extend(cache, feed, position, rows[:, None, None, :])[:, -1]
+        logits = model.extend(cache, feed, position, rows[:, None, None, :])[:, -1].float().cpu()
     out = []
     for beam, _ in search.finalize(beams):
         generated = beam[padded:]

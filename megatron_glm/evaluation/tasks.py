@@ -88,18 +88,20 @@ def run_mul(cfg: TaskConfig, file: TaskFile, ctx: Context) -> Tuple[Dict, List[D
             multitask_encoding=cfg.use_multitask_encoding) for e in examples]
         inputs = collate(samples)
         with torch.no_grad():
-            logprobs = torch.log_softmax(ctx.logits_fn(inputs["tokens"], inputs["position_ids"],
-                                                       inputs["attention_mask"]).float(), dim=-1)
+            logits = ctx.logits_fn(inputs["tokens"], inputs["position_ids"], inputs["attention_mask"])
         out = []
-        for row, sample in zip(logprobs, samples):
+        for row, sample in zip(logits, samples):
+            # log-softmax over the full (padded) vocabulary, only at the rows that score a choice
             if single:
                 position = int(sample.choice_target_ids[0][0])
-                out.append([float(row[position, c[0]]) for c in sample.choices])
+                logprobs = torch.log_softmax(row[position].float(), dim=-1).cpu()
+                out.append([float(logprobs[c[0]]) for c in sample.choices])
                 continue
             scores = []
             for choice, targets in zip(sample.choices, sample.choice_target_ids):
-                values = row[torch.from_numpy(targets), torch.tensor(choice)]
-                scores.append(float(values.double().mean() if cfg.score == "mean" else values.double().sum()))
+                logprobs = torch.log_softmax(row[torch.from_numpy(targets).to(row.device)].float(), dim=-1).cpu()
+                values = logprobs[torch.arange(len(choice)), torch.tensor(choice)].double()
+                scores.append(float(values.mean() if cfg.score == "mean" else values.sum()))
             out.append(scores)
         return out
 
@@ -224,7 +226,8 @@ def run_lm(cfg: TaskConfig, file: TaskFile, ctx: Context) -> Tuple[Dict, List[Di
         inputs = collate(samples, extra=("targets", "loss_mask"))
         with torch.no_grad():
             logits = ctx.logits_fn(inputs["tokens"], inputs["position_ids"], inputs["attention_mask"]).float()
-            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), inputs["targets"], reduction="none")
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), inputs["targets"].to(logits.device),
+                                                       reduction="none").cpu()
         losses = (losses.double() * inputs["loss_mask"]).sum(-1)
         return [(float(loss), int(sample.loss_mask.sum())) for loss, sample in zip(losses, samples)]
 
