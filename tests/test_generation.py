@@ -230,3 +230,49 @@ def test_beam_search_on_the_model(tiny):
     one_beam = generate(model, prompt, GenerationConfig("beam", max_new_tokens=4, num_beams=1))
     greedy = reference_generate(weights, prompt, 4)["blanks"]
     assert one_beam.blanks == greedy or one_beam.beams[0].ended
+
+
+# -------------------------------------------------------------------------------------------------
+# Checkpoint formats and GLM-130B's fp16 rotary angles
+
+
+def test_every_format_loads_and_sat_defaults_to_fp16_angles(tiny, tmp_path):
+    """The same weights as dist (TP2 x PP1 on disk) and SAT (TP2 on disk) give the safetensors
+    model's logits; a SAT checkpoint (GLM-130B's layout) uses fp16 rotary angles unless asked."""
+    from checkpoints.convert import ReadOptions, convert
+    from checkpoints.formats.base import WriteOptions
+
+    model, _ = tiny
+    source = model.source
+    convert(source, str(tmp_path / "dist"), "dist", WriteOptions(tp=2), progress=False)
+    convert(source, str(tmp_path / "sat"), "sat", WriteOptions(tp=2), ReadOptions(num_attention_heads=4),
+            progress=False)
+    context = blank_context(_text(40, 12) + [G], 40, True, SOP, 4)
+    inputs = (torch.tensor([context.tokens]), torch.tensor([context.position_ids]), context.attention_mask[None, None])
+    expected = model.logits(*inputs)
+    for path, options, rope in [(tmp_path / "dist", {}, "fp32"), (tmp_path / "sat", {"rope_precision": "fp32"}, "fp32"),
+                                (tmp_path / "sat", {}, "fp16")]:
+        other = load_inference_model(str(path), special_token_ids=SPECIAL, num_attention_heads=4,
+                                     max_sequence_length=64, **options)
+        try:
+            assert other.rope_precision == rope
+            logits = other.logits(*inputs)
+        finally:
+            other.close()
+        if rope == "fp32":
+            assert torch.equal(logits, expected), path
+        else:
+            assert not torch.allclose(logits, expected, atol=1e-3)
+
+
+def test_fp16_angles_are_sat_s_table():
+    """SAT's RotaryEmbedding: inv_freq.half(), t = arange(dtype=half), einsum in fp16."""
+    from megatron_glm.model.rotary import PositionIdRotaryEmbedding
+
+    d, positions = 128, torch.tensor([[0, 1, 500, 1000, 2022, 2047]])
+    inv_freq = (1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))).half()
+    table = torch.einsum("i,j->ij", torch.arange(2048, dtype=torch.half).float(), inv_freq.float()).half()
+    ours = PositionIdRotaryEmbedding(d, angle_dtype=torch.float16)(positions)[:, 0, 0, : d // 2]
+    assert torch.equal(ours, table[positions[0]].float())
+    exact = PositionIdRotaryEmbedding(d)(positions)[:, 0, 0, : d // 2]
+    assert float((ours - exact).abs().max()) > 0.5  # fp16 angles are far off at large positions

@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--max-sequence-length", type=int,
                        help="positions available (default: the run's model.seq_length, else 2048)")
     model.add_argument("--num-attention-heads", type=int, help="SAT checkpoints do not record it (GLM-130B: 96)")
-    model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations")
+    model.add_argument("--rope-precision", choices=["fp32", "fp16"],
+                       help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
+                            "checkpoints), fp32 as our trainer (default otherwise)")
     parser.add_argument("--batch-size", type=int, default=8, help="--input-file prompts per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
     parser.add_argument("--verbose", action="store_true", help="timings on stderr, tracebacks on errors")
@@ -165,7 +168,7 @@ def _run(args) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=special,
                                  tokenizer_model=args.tokenizer_model, max_sequence_length=args.max_sequence_length,
-                                 num_attention_heads=args.num_attention_heads)
+                                 num_attention_heads=args.num_attention_heads, rope_precision=args.rope_precision)
     try:
         if args.verbose:
             print(f"glm-generate: loaded {model.source} in {time.monotonic() - started:.1f}s "

@@ -100,7 +100,8 @@ class InferenceModel:
 
     Attributes: `shape` (checkpoints.shapes.GLMShape), `vocab_size` (padded: the logits' last dim),
     `max_sequence_length`, `special` (name -> id, SPECIAL_TOKEN_NAMES that are known), `tokenizer`
-    (a GLMTokenizer when one was given or recorded), `dtype`.
+    (a GLMTokenizer when one was given or recorded), `dtype`, `format` (dist, sat, safetensors),
+    `rope_precision` (fp32 or fp16 rotary angles).
     """
 
     def __init__(self, model, shape, *, max_sequence_length: int, special: Dict[str, int], dtype: torch.dtype,
@@ -114,6 +115,8 @@ class InferenceModel:
         self.tokenizer = tokenizer
         self.source = source
         self._exit_stack = exit_stack
+        self.format = ""
+        self.rope_precision = "fp32"
         from megatron.core import parallel_state
 
         self._pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -314,6 +317,7 @@ def load_inference_model(
     layernorm_epsilon: Optional[float] = None,
     rotary_base: Optional[int] = None,
     attention_backend: str = "local",
+    rope_precision: Optional[str] = None,
 ) -> InferenceModel:
     """Read `checkpoint` (ours: a run's checkpoints/ or one iter_N; GLM-130B's SAT layout;
     safetensors) and build the model in the current parallel layout.
@@ -327,6 +331,9 @@ def load_inference_model(
     - `max_sequence_length`: default the run config's `model.seq_length`, else 2048.
     - SAT checkpoints do not record the head count: `num_attention_heads` (or our checkpoints'
       recorded shape; GLM-130B: 96).
+    - `rope_precision`: "fp16" rounds the rotary angles as GLM-130B's released model computes them
+      (fp16 inv_freq, positions and products; docs/generation.md), "fp32" as our trainer does.
+      Default: fp16 for SAT checkpoints (GLM-130B's release layout), fp32 otherwise.
     Raises InferenceError (or checkpoints' CheckpointError) with a one-line reason.
     """
     from checkpoints.convert import ReadOptions, open_checkpoint
@@ -334,6 +341,8 @@ def load_inference_model(
     from megatron_glm.config.schema import ModelConfig, ParallelConfig, RunConfig
     from megatron_glm.data.tokenizer import GLMTokenizer, TokenizerError
 
+    if rope_precision not in (None, "fp32", "fp16"):
+        raise InferenceError(f"rope_precision must be fp32 or fp16, got {rope_precision!r}")
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype)
     if precision is None:
         raise InferenceError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
@@ -424,9 +433,14 @@ def load_inference_model(
                 _mark_tensor_parallel(model)
             load_full_state_dict(model, weights)
         del weights
+        rope_precision = rope_precision or ("fp16" if reader.info.format == "sat" else "fp32")
+        model.rotary.angle_dtype = torch.float16 if rope_precision == "fp16" else torch.float32
         model.eval()
     except BaseException:
         stack.close()
         raise
-    return InferenceModel(model, glm, max_sequence_length=seq_length, special=special, dtype=dtype,
-                          tokenizer=tokenizer, exit_stack=stack if standalone else None, source=str(checkpoint))
+    inference = InferenceModel(model, glm, max_sequence_length=seq_length, special=special, dtype=dtype,
+                               tokenizer=tokenizer, exit_stack=stack if standalone else None, source=str(checkpoint))
+    inference.rope_precision = rope_precision
+    inference.format = reader.info.format
+    return inference

@@ -15,12 +15,16 @@ import torch
 class PositionIdRotaryEmbedding(torch.nn.Module):
     """1D rotary angles over the full head dim, base 10000 by default, indexed by position ids."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, base: float = 10000.0, angle_dtype: torch.dtype = torch.float32):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head dim, got {head_dim}")
         self.head_dim = head_dim
         self.base = float(base)
+        self.angle_dtype = angle_dtype
+        """float32 (training, default) or float16: GLM-130B's released model (SAT) rounds inv_freq,
+        the positions and their products to fp16 before cos/sin; inference on its checkpoints can
+        reproduce those angles (docs/generation.md)."""
 
     def inverse_frequencies(self, device: torch.device) -> torch.Tensor:
         """inv_freq[i] = 1 / base^(2i / d), i = 0 .. d/2-1, in fp32."""
@@ -34,5 +38,9 @@ class PositionIdRotaryEmbedding(torch.nn.Module):
         fp16 training; fp32 is the more accurate of the two and what bf16 needs).
         """
         positions = position_ids.transpose(0, 1).to(torch.float32)  # [s, b]
-        angles = positions[..., None] * self.inverse_frequencies(position_ids.device)  # [s, b, d/2]
+        inv_freq = self.inverse_frequencies(position_ids.device)
+        if self.angle_dtype == torch.float16:  # SAT: fp16 inv_freq, fp16 t, fp16 product
+            angles = (positions.half()[..., None] * inv_freq.half()).float()
+        else:
+            angles = positions[..., None] * inv_freq  # [s, b, d/2]
         return torch.cat((angles, angles), dim=-1)[:, :, None, :]
