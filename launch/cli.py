@@ -34,9 +34,10 @@ import dataclasses
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, get_args
 
 from megatron_glm.config.loader import ConfigError
+from megatron_glm.config.schema import Precision, RecomputeGranularity
 from megatron_glm.runtime.logs import add_verbose_option, configure_logging
 
 
@@ -193,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                             ("vpp", "virtual pipeline chunks per rank"), ("mbs", "micro-batch size"),
                             ("gbs", "global batch size")):
         plan.add_argument(f"--{name}", type=int, default=None, help=help_text)
-    plan.add_argument("--recompute", choices=("none", "selective", "full"), default=None)
-    plan.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None)
+    plan.add_argument("--recompute", choices=get_args(RecomputeGranularity), default=None,
+                      help="activation recompute (default: the run's; GLM-130B recipe: full)")
+    plan.add_argument("--precision", choices=get_args(Precision), default=None,
+                      help="training precision (default: the run's; GLM-130B recipe: fp16)")
     plan.add_argument("--grad-dtype", choices=("fp32", "fp16", "bf16"), default=None,
                       help="gradient buffers (default: the run's; GLM-130B recipe: the precision's)")
     plan.add_argument("--top", type=int, default=10, help="layouts to list when searching")

@@ -170,6 +170,8 @@ def render(cluster: ClusterProfile, job: JobSpec) -> str:
     container = ""
     # How the script runs Python: the hooks (`helper`), the run-directory query (`query`) and the ranks.
     helper, query, ranks = "$PYTHON", '"$PYTHON"', f"srun --wait={s.task_exit_grace_seconds}"
+    if s.cpus_per_task:  # Slurm >= 22.05: srun no longer inherits sbatch's --cpus-per-task
+        ranks += f" --cpus-per-task={s.cpus_per_task}"
     in_container = ""
     if s.container_image:
         relative = [p for p in run_paths(job.run) if not os.path.isabs(os.path.expanduser(p))]

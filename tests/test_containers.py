@@ -96,9 +96,10 @@ def test_without_an_image_the_training_script_runs_the_host_interpreter(capsys, 
     assert f"PYTHON={sys.executable}\n" in script
     steps = python_steps(script)
     assert [options for options, m in steps if m != "launch.rank_entry"] == [None, None, None]
-    assert [options for options, m in steps if m == "launch.rank_entry"] == [["--wait=600"]]
+    # the ranks ask for their CPUs again: srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05)
+    assert [options for options, m in steps if m == "launch.rank_entry"] == [["--wait=600", "--cpus-per-task=16"]]
     for line in ('"$($PYTHON -m launch.job_hooks before', 'starts() { "$PYTHON" -m megatron_glm.rundir',
-                 'DECISION=$($PYTHON -m launch.job_hooks after', 'srun --wait=600 \\\n    "$PYTHON" -m launch.rank_entry'):
+                 'DECISION=$($PYTHON -m launch.job_hooks after', 'srun --wait=600 --cpus-per-task=16 \\\n    "$PYTHON" -m launch.rank_entry'):
         assert line in script, line
 
 

@@ -47,7 +47,7 @@ def test_dry_run_for_dgx_a100_96_is_a_complete_sbatch_script(_submit, tmp_path):
                  "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@900",
                  "#SBATCH --time=48:00:00", "#SBATCH --partition=batch", "#SBATCH --exclude=dgx017",
                  "#SBATCH --gres=gpu:8", "export NCCL_IB_HCA=mlx5_0,mlx5_1,mlx5_2,mlx5_3,mlx5_6,mlx5_7,mlx5_8,mlx5_9",
-                 "export CUDA_DEVICE_MAX_CONNECTIONS=1", "export GLM_COLLECTIVE_TIMEOUT_S=1800", "trap 'forward USR1' USR1", "srun --wait=600",
+                 "export CUDA_DEVICE_MAX_CONNECTIONS=1", "export GLM_COLLECTIVE_TIMEOUT_S=1800", "trap 'forward USR1' USR1", "srun --wait=600 --cpus-per-task=16",
                  'scontrol requeue "$SLURM_JOB_ID"', "-m launch.job_hooks after"):
         assert line in script, line
     assert "#SBATCH --account" not in script  # unset site settings are left out

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,10 @@ def _parser(tool: str) -> argparse.ArgumentParser:
         from checkpoints.cli import _parser as build_parser
     elif tool == "glm-monitor":
         from megatron_glm.monitor.cli import build_parser
+    elif tool == "glm-eval":
+        from megatron_glm.cli.evaluate import _parser as build_parser
+    elif tool == "glm-generate":
+        from megatron_glm.cli.generate import _parser as build_parser
     else:
         raise AssertionError(f"no parser known for {tool}")
     return build_parser()
@@ -93,8 +98,10 @@ def _parser(tool: str) -> argparse.ArgumentParser:
 
 def _argv(command: str):
     words = shlex.split(command, comments=True)
-    if words[0] == "torchrun":  # torchrun ... -m megatron_glm.cli.train ARGS
-        return "glm-train", words[words.index("megatron_glm.cli.train") + 1:]
+    if words[0] == "torchrun":  # torchrun ... -m megatron_glm.cli.TOOL ARGS
+        module = words[words.index("-m") + 1]
+        return {"megatron_glm.cli.train": "glm-train", "megatron_glm.cli.evaluate": "glm-eval",
+                "megatron_glm.cli.generate": "glm-generate"}[module], words[words.index("-m") + 2:]
     return words[0], words[1:]
 
 
@@ -189,3 +196,24 @@ def test_the_plan_output_shown_in_readme_is_what_plan_prints(capsys):
     for line in shown.splitlines():
         if line.strip() and line.strip() != "...":
             assert line in printed, f"README shows a line plan does not print: {line!r}"
+
+
+README_CHECKOUT = "/opt/megatron-glm"
+"""Where README's rendered script pretends the checkout (and the submitting directory) is."""
+
+
+def test_the_sbatch_script_shown_in_readme_is_what_submit_renders(scratch, capsys):
+    from launch.cli import main
+
+    text = README.read_text()
+    sentence = re.search(r"`(glm-launch submit run\.yaml --cluster dgx-a100-96 --run-dir /lustre/glm130b/run\s+"
+                         r"[^`]*--dry-run)`", text).group(1)
+    shown = re.search(r"```bash\n(#!/bin/bash\n.*?)```", text, re.S).group(1)
+    argv = shlex.split(sentence.replace("/lustre/", f"{scratch}/lustre/"))[1:]
+    assert main(argv) == 0
+    rendered = capsys.readouterr().out
+    repo = str(Path(__file__).resolve().parents[1])
+    for real, shown_as in ((sys.executable, f"{README_CHECKOUT}/.venv/bin/python"), (f"{scratch}/lustre/", "/lustre/"),
+                           (repo, README_CHECKOUT), (str(scratch), README_CHECKOUT)):
+        rendered = rendered.replace(real, shown_as)
+    assert shown == rendered, "README's sbatch script differs from what submit renders: refresh it"
