@@ -186,7 +186,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         if isinstance(error, ConfigError):
             message = f"invalid --model:\n{error}"
-        elif isinstance(error, OSError) and not isinstance(error, CheckpointError):
+        elif isinstance(error, FileExistsError) and error.filename is not None:  # mkdir of DST's parents
+            message = f"cannot create the directory {error.filename}: a file of that name is in the way"
+        elif isinstance(error, OSError):
             where = [str(p) for p in (error.filename, error.filename2) if p is not None]
             message = (f"{where[0]}: " if where else "") + (error.strerror or str(error))
         else:

@@ -145,6 +145,11 @@ def test_convert_errors_name_dst_not_its_staging_directory(capsys, tmp_path, sma
     code, out, err = ckpt(capsys, "--verbose", "convert", small_sat, dst, *args)
     assert (code, out) == (2, "") and err.startswith("Traceback") and err.splitlines()[-1] == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sat"]
+    (tmp_path / "afile").write_text("x")  # where DST's folder should be
+    code, _, err = ckpt(capsys, "convert", small_sat, tmp_path / "afile" / "dst", "--to", "dist", *args[4:])
+    assert code == 2 and err == (f"glm-ckpt: error: cannot create the directory {tmp_path / 'afile'}: a file of "
+                                 "that name is in the way\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "sat"]
     # Any other message (a full disk while writing, say) is rewritten the same way.
     assert _user_paths(f"{tmp_path}/.stq.tmp-1906/7/mp_rank_00_model_states.pt: No space left on device") == \
         f"{tmp_path}/stq/7/mp_rank_00_model_states.pt: No space left on device"
