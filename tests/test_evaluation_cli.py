@@ -68,7 +68,7 @@ def assert_predictions_match(lines, ref_lines):
     assert [(l["task"], l["file"], l["index"]) for l in lines] == [(l["task"], l["file"], l["index"]) for l in ref_lines]
     for got, want in zip(lines, ref_lines):
         if got["task"] == "choice":
-            assert got["scores"] == pytest.approx(want["scores"], abs=2e-4)
+            assert got["scores"] == pytest.approx(want["scores"], rel=3e-5, abs=1e-4)  # fp32 vs float64
             assert got["prediction"] == want["prediction"] and got["label"] == want["label"]
         elif got["task"] == "lm":
             assert got["scores"]["loss"] == pytest.approx(want["scores"]["loss"], rel=1e-5)

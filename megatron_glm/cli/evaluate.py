@@ -93,6 +93,18 @@ def _init_distributed(tp: int, pp: int):
     return world.rank, parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(), group
 
 
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for name in ("megatron-glm", "megatron-core", "torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def _gatherer(world: int, group):
     if world == 1:
         return None
@@ -110,12 +122,19 @@ def _gatherer(world: int, group):
 
 
 def _run(args) -> int:
-    from megatron_glm.evaluation.runner import evaluate, format_table, load_tasks, write_results
+    from megatron_glm.evaluation.runner import check_writable, evaluate, format_table, load_tasks, write_results
     from megatron_glm.evaluation.vocab import Vocab, make_vocab, parse_special_ids
 
-    configs = load_tasks(args.tasks)  # task files are checked before any model is loaded
+    from megatron_glm.evaluation.data import task_files
+
+    configs = load_tasks(args.tasks)  # task files and data folders are checked before the model loads
+    for cfg in configs:
+        task_files(cfg, args.data_path)
     explicit = parse_special_ids(args.special_token_ids)
     rank, dp_rank, dp_world, dp_group = _init_distributed(args.tp, args.pp)
+    if rank == 0:
+        check_writable(args.output, "results")
+        check_writable(args.predictions, "predictions")
 
     import torch
 
@@ -130,7 +149,8 @@ def _run(args) -> int:
                                      tokenizer_model=args.tokenizer_model, max_sequence_length=longest,
                                      num_attention_heads=args.num_attention_heads)
     except (InferenceError, CheckpointError) as error:
-        raise EvalError(f"{args.checkpoint}: {error}") from None
+        message = str(error)
+        raise EvalError(message if str(args.checkpoint) in message else f"{args.checkpoint}: {message}") from None
     try:
         if model.tokenizer is not None:
             vocab = make_vocab(model.tokenizer.model_file, {**model.special, **explicit},
@@ -145,6 +165,7 @@ def _run(args) -> int:
             "data_parallel": dp_world, "padded_vocab_size": model.vocab_size,
             "model": {k: getattr(model.shape, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
                                                             "ffn_hidden_size", "padded_vocab_size")},
+            "versions": _versions(),
         }
         results = evaluate(configs, model.logits, vocab, data_path=args.data_path, vocab_size=model.vocab_size,
                            rank=dp_rank, world=dp_world, gather=_gatherer(dp_world, dp_group),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -77,6 +78,7 @@ def evaluate(configs: Sequence[TaskConfig], logits_fn: LogitsFn, vocab: Vocab, *
         for cfg, files in plan:
             if bar is not None:
                 bar.set_description(cfg.name)
+            started = time.time()
             per_file, records_of, bytes_of = [], {}, {}
             for file in files:
                 metrics, records = RUNNERS[cfg.type](cfg, file, context)
@@ -104,6 +106,7 @@ def evaluate(configs: Sequence[TaskConfig], logits_fn: LogitsFn, vocab: Vocab, *
                 "config": {**cfg.as_dict(), "data_root": str(task_data_root(cfg, data_path))},
                 "files": per_file, "groups": groups,
                 "examples": sum(e["size"] for e in per_file),
+                "seconds": round(time.time() - started, 3),
             }
     finally:
         if handle is not None:
@@ -135,9 +138,25 @@ def format_table(results: Dict) -> str:
     return "\n".join(lines)
 
 
+def check_writable(path: Optional[str], what: str) -> None:
+    """Fail before any work when an output cannot be written (its folder is created)."""
+    if not path:
+        return
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise EvalError(f"{path}: cannot write the {what} ({error.strerror or error.__class__.__name__})") from None
+
+
 def write_results(results: Dict, path: str) -> None:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(target)
+    except OSError as error:
+        raise EvalError(f"{path}: cannot write the results ({error.strerror or error.__class__.__name__})") from None
