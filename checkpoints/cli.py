@@ -60,13 +60,14 @@ def _parser() -> argparse.ArgumentParser:
 
     def model_options(sub):
         group = sub.add_argument_group("model numbers a format may not record")
-        group.add_argument("--model", help="take them from a model preset or YAML (e.g. glm-130b)")
+        group.add_argument("--model", help="take them from a model preset or YAML, e.g. glm-130b (default: none: "
+                                           "the options below, else the format's record)")
         group.add_argument("--num-attention-heads", type=int,
-                           help="attention heads (needed for SAT; default: recorded, or --model's)")
+                           help="attention heads, needed where not recorded (SAT) (default: --model's)")
         group.add_argument("--layernorm-epsilon", type=float,
-                           help="layernorm epsilon (default: recorded, or --model's, else 1e-5)")
+                           help="layernorm epsilon where not recorded (default: --model's, else 1e-5)")
         group.add_argument("--rotary-base", type=int,
-                           help="rotary embedding base (default: recorded, or --model's, else 10000)")
+                           help="rotary embedding base where not recorded (default: --model's, else 10000)")
 
     sub = commands.add_parser("inspect", help="format, step, layout, parameters, dtypes, bytes, optimizer")
     sub.add_argument("checkpoint", help="checkpoint directory (dist, SAT or safetensors)")

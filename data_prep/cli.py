@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--output-prefix", required=True, help="writes PREFIX.bin, PREFIX.idx, PREFIX.stats.json")
     tok.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
                      help="end every text document with eod (default: yes)")
-    tok.add_argument("--include-subsets", nargs="+", help="pile: keep only these meta.pile_set_name values")
-    tok.add_argument("--exclude-subsets", nargs="+", help="pile: drop these meta.pile_set_name values")
+    tok.add_argument("--include-subsets", nargs="+", help="pile: keep only these meta.pile_set_name values (default: every subset)")
+    tok.add_argument("--exclude-subsets", nargs="+", help="pile: drop these meta.pile_set_name values (default: none)")
     tok.add_argument("--max-error-rate", type=float, default=0.05,
                      help="fail (publishing nothing) when more than this share of the input bytes is lost "
                           "to bad records or damaged files")
