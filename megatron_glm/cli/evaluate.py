@@ -83,13 +83,9 @@ def _init_distributed(tp: int, pp: int):
                                 timeout=datetime.timedelta(seconds=timeout))
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                              distributed_timeout_minutes=max(1, round(timeout / 60)))
-    # Objects are gathered over a gloo group (works for NCCL jobs too: pickled results on the CPU).
-    dp_ranks = dist.get_process_group_ranks(parallel_state.get_data_parallel_group())
-    groups = {}
-    for start in range(tp * pp):  # every rank creates every DP group, in the same order
-        ranks = list(range(start, world.world_size, tp * pp))
-        groups[tuple(ranks)] = dist.new_group(ranks, backend="gloo")
-    group = groups.get(tuple(dp_ranks)) or dist.new_group(dp_ranks, backend="gloo")
+    # Results are gathered as pickled objects over megatron-core's gloo copy of the DP group (CPU
+    # memory, also in NCCL jobs).
+    group = parallel_state.get_data_parallel_group_gloo()
     return world.rank, parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(), group
 
 
