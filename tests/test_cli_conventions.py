@@ -171,3 +171,22 @@ def test_verbose_before_and_after_the_subcommand_on_the_command_line(tmp_path):
 
     r = _run("glm-launch", "--verbose", "status", tmp_path)
     assert r.returncode == 2 and "not a run directory" in r.stderr, r.stderr
+
+
+def test_the_documented_failed_check_codes_through_the_real_scripts(tmp_path):
+    """Beyond 0 and 2, each code a --help documents (glm-prep's 3 and glm-monitor's 1 are run in
+    test_prep.py and test_monitor_cli.py): glm-ckpt verify 1 for damage, glm-launch plan 1 for a
+    layout that does not fit; both write nothing."""
+    from megatron_glm.training.manifest import checksum_files, list_files, write_manifest
+
+    checkpoint = tmp_path / "iter_0000001"
+    checkpoint.mkdir()
+    (checkpoint / "a.bin").write_bytes(b"hello")
+    write_manifest(checkpoint, checksum_files(checkpoint, list_files(checkpoint)), step=1)
+    (checkpoint / "a.bin").write_bytes(b"hellO")
+    r = _run("glm-ckpt", "verify", checkpoint)
+    assert r.returncode == 1 and f"CORRUPT {checkpoint}" in r.stdout and "a.bin has CRC-32" in r.stdout
+    r = _run("glm-launch", "plan", "--model", "glm-130b", "--cluster", "dgx-a100-96", "--tp", "8", "--pp", "1",
+             "--dp", "96")
+    assert r.returncode == 1 and "does NOT fit: peak" in r.stdout, r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.bin", "iter_0000001", "manifest.json"]
