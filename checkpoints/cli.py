@@ -3,7 +3,7 @@
     glm-ckpt inspect CKPT [--json]
     glm-ckpt convert SRC DST --to {dist,sat,safetensors} [--tp N] [--pp M] [--dtype fp16|bf16|fp32]
                      [--quantize int8|int4] [--model-only] [--max-shard-size 5GB] [--force]
-    glm-ckpt forward CKPT --inputs IN.pt --out OUT.pt
+    glm-ckpt forward CKPT --inputs IN.pt --out OUT.pt      (prints what it wrote: path, batches, shapes)
     glm-ckpt compare A B --inputs IN.pt [--max-abs-diff X]
     glm-ckpt verify PATH            (exit 0: intact, 1: a file differs from its manifest)
 
@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--rotary-base", type=int,
                            help="rotary embedding base where not recorded (default: --model's, else 10000)")
 
-    sub = commands.add_parser("inspect", help="format, step, layout, parameters, dtypes, bytes, optimizer")
+    sub = commands.add_parser("inspect", help="format, step, layout, the model's parameters, the values stored "
+                                              "(by dtype), bytes, optimizer")
     sub.add_argument("checkpoint", help="checkpoint directory (dist, SAT or safetensors)")
     sub.add_argument("--json", action="store_true", help="one JSON object")
     model_options(sub)
