@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 from megatron_glm.monitor.run import RunStore
 from megatron_glm.monitor.server import to_json
 from megatron_glm.monitor.synthetic_runs import Curve, write_run

@@ -39,7 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from megatron_glm.monitor.schema import EventsWriter, read_events
+from megatron_glm.metrics.schema import EventsWriter, read_events
 from megatron_glm.rundir import ORDERLY_EXITS, ExitCode, RunDir, write_atomically
 from megatron_glm.runtime.job import job_tag
 

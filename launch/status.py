@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 from launch.job_hooks import read_excluded
 from launch.submit import JOB_IDS
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 from megatron_glm.rundir import RunDir
 
 

@@ -3,7 +3,7 @@
 
     RUN_DIR/
       config.yaml          the run config of the latest start, derived values resolved
-      metrics.jsonl        one line per logged step (megatron_glm.monitor.schema)
+      metrics.jsonl        one line per logged step (megatron_glm.metrics.schema)
       events.jsonl         rare happenings, kinds in EVENT_KINDS
       checkpoints/         iter_0000400/ ... and `latest`, a text file naming the newest complete one
       cache/datasets/      megatron-core's sample-index cache (shared storage: every node reads it)

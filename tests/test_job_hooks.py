@@ -13,7 +13,7 @@ import pytest
 
 from launch.job_hooks import after, before, exclusions, main
 from launch.status import format_status, run_status
-from megatron_glm.monitor.schema import EventsWriter, read_events
+from megatron_glm.metrics.schema import EventsWriter, read_events
 from megatron_glm.rundir import RunDir
 
 # Two nodes x two ranks, as the local-slurm profile runs them.

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 
 from launch.local import LocalRunConfig, RankGroup, job_exit_code, omp_threads, rank_environment
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 
 BIN = Path(sys.executable).parent
 TINY = ["data.synthetic=true", "model.seq_length=32", "train.global_batch_size=4", "train.eval_interval=0", "train.decay_samples=4000"]

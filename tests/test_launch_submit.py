@@ -7,7 +7,7 @@ import pytest
 
 from launch.cli import main
 from launch.job_hooks import after, before
-from megatron_glm.monitor.schema import read_events
+from megatron_glm.metrics.schema import read_events
 
 GLM130B_TP8 = ["parallel.tensor=8", "parallel.pipeline=8", "parallel.first_stage_layers=8",
                "parallel.last_stage_layers=8", "precision=fp16", "recompute.granularity=full",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 from megatron_glm.monitor.synthetic_runs import Curve, write_run
 
 EVIL = "<img src=x onerror=alert(1)>"

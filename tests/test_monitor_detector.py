@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_glm.monitor.spikes import SpikeRule, detect_spikes
+from megatron_glm.metrics.spikes import SpikeRule, detect_spikes
 from megatron_glm.monitor.synthetic_runs import Curve, series
 
 FAMILIES = {

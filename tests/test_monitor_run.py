@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from megatron_glm.monitor import run as run_module
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 from megatron_glm.monitor.downsample import bucket_points, envelope
 from megatron_glm.monitor.run import RunStore
-from megatron_glm.monitor.spikes import detect_spikes
+from megatron_glm.metrics.spikes import detect_spikes
 from megatron_glm.monitor.synthetic_runs import Curve, metric_lines, series, write_config, write_run
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from megatron_glm.monitor import schema as S
+from megatron_glm.metrics import schema as S
 
 
 def metric(i, **kw):

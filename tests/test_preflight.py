@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_glm.monitor.schema import read_events
+from megatron_glm.metrics.schema import read_events
 from megatron_glm.rundir import ExitCode
 from megatron_glm.runtime.preflight import blame, local_blame, node_pairs, pair_groups
 from multirank.harness import kill_ranks, spawn_ranks

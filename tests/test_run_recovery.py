@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 from megatron_glm.rundir import ExitCode, RunDir
 
 BIN = Path(sys.executable).parent

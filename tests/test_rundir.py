@@ -4,7 +4,7 @@ is wrong with it, DONE, and the queries the sbatch script makes."""
 import subprocess
 import sys
 
-from megatron_glm.monitor.schema import EventsWriter
+from megatron_glm.metrics.schema import EventsWriter
 from megatron_glm.rundir import ORDERLY_EXITS, ExitCode, RunDir, checkpoint_name, checkpoint_step, write_latest
 
 

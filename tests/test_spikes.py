@@ -1,4 +1,4 @@
-"""Spike detector (megatron_glm.monitor.spikes) on synthetic pretraining-like curves.
+"""Spike detector (megatron_glm.metrics.spikes) on synthetic pretraining-like curves.
 
 Curves: loss = 2 + 8*exp(-t/3000) + N(0, noise), grad norm ~ lognormal(0, 0.3) with 1% of
 steps wiggled 2-3x. Everything is seeded; the whole file runs in a few seconds.
@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_glm.monitor import spikes as spikes_mod
-from megatron_glm.monitor.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
+from megatron_glm.metrics import spikes as spikes_mod
+from megatron_glm.metrics.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
 from megatron_glm.monitor.synthetic_runs import early_fall, series
 
 N_STEPS = 20_000
@@ -256,7 +256,7 @@ def _close(a, b, rel: float = 1e-9) -> bool:
 
 def _same_spikes(a, b) -> bool:
     """Same steps, reasons and values; baselines equal up to rounding (update_many on long
-    sequences computes them with numpy, see megatron_glm.monitor.spikes._scan_long)."""
+    sequences computes them with numpy, see megatron_glm.metrics.spikes._scan_long)."""
     return len(a) == len(b) and all(
         x.step == y.step and x.reason == y.reason and _close(x.loss, y.loss) and _close(x.grad_norm, y.grad_norm)
         and _close(x.baseline_loss, y.baseline_loss) and _close(x.baseline_grad_norm, y.baseline_grad_norm)
@@ -360,7 +360,7 @@ def test_rule_validation_and_spike_dict():
 
 
 def test_no_torch_import():
-    code = "import sys, megatron_glm.monitor.spikes; assert 'torch' not in sys.modules"
+    code = "import sys, megatron_glm.metrics.spikes; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-from megatron_glm.monitor.schema import read_events
+from megatron_glm.metrics.schema import read_events
 from megatron_glm.rundir import ExitCode
 from megatron_glm.runtime.job import host_name, job_tag
 from megatron_glm.training import watchdog as wd

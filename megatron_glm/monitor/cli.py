@@ -8,7 +8,7 @@ and a self-contained HTML report.
 RUN is a run directory written by ``glm-train`` (metrics.jsonl, events.jsonl, config.yaml) or a
 Megatron-LM text log file. Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input or
 usage (missing run, no metrics recognised in it, unwritable output, a port in use). --verbose goes
-before or after the subcommand. The spike rule is the trainer's (megatron_glm.monitor.spikes).
+before or after the subcommand. The spike rule is the trainer's (megatron_glm.metrics.spikes).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Why this shape:
 * Steps are the x axis, so a restart that re-logs steps (rollback, resume from an older checkpoint)
   supersedes the rows it overwrites: the kept rows always have strictly increasing steps. The
   detector still sees every row in file order, as the trainer's guard did.
-* The spike detector is :mod:`megatron_glm.monitor.spikes`, the trainer's own, fed incrementally;
+* The spike detector is :mod:`megatron_glm.metrics.spikes`, the trainer's own, fed incrementally;
   a spike's "action" comes from the trainer's spike event at that step when there is one.
 """
 
@@ -30,9 +30,9 @@ from statistics import median
 import numpy as np
 import yaml
 
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 from megatron_glm.monitor.downsample import bucket_points, envelope, insert_points
-from megatron_glm.monitor.spikes import SpikeDetector, SpikeRule
+from megatron_glm.metrics.spikes import SpikeDetector, SpikeRule
 from megatron_glm.monitor.textlog import TextLogParser
 
 PHASE1_KEYS = ("step", "loss", "grad_norm")

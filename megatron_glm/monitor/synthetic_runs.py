@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 
 _FMT = ('{"time":%r,"step":%d,"consumed_samples":%d,"tokens":%d,"loss":%s,"grad_norm":%s,"param_norm":%r,'
         '"loss_scale":%r,"skipped":%d,"nan":%d,"lr":%r,"batch_size":%d,"step_time_s":%r,"tokens_per_s":%r,'

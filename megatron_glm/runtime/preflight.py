@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from megatron_glm.monitor.schema import EventsWriter
+from megatron_glm.metrics.schema import EventsWriter
 from megatron_glm.rundir import RunDir, write_atomically
 from megatron_glm.runtime.job import host_name, job_tag
 

@@ -45,8 +45,8 @@ from megatron_glm.config.loader import to_yaml
 from megatron_glm.config.resolve import ScheduleChanged, resolve_run, resolved_values
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.model.build import build_model_chunks
-from megatron_glm.monitor.schema import EventsWriter, MetricsWriter
-from megatron_glm.monitor.spikes import SpikeDetector
+from megatron_glm.metrics.schema import EventsWriter, MetricsWriter
+from megatron_glm.metrics.spikes import SpikeDetector
 from megatron_glm.rundir import ExitCode, RunDir
 from megatron_glm.runtime.job import host_name, job_tag
 from megatron_glm.training import flops
@@ -452,7 +452,7 @@ def _prepare(run: RunConfig, run_dir: str, events: Optional[EventsWriter]) -> tu
 
 def _published_history(layout: RunDir) -> List[str]:
     """Paths of the checkpoints this run's events say were published inside its checkpoints/."""
-    from megatron_glm.monitor.schema import read_events
+    from megatron_glm.metrics.schema import read_events
 
     if not layout.events.is_file():
         return []

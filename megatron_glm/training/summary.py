@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 
 
 def summarize(run_dir: str) -> dict:

@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from megatron_glm.monitor.schema import EventsWriter
+from megatron_glm.metrics.schema import EventsWriter
 from megatron_glm.rundir import ExitCode, RunDir
 
 log = logging.getLogger("glm-train")

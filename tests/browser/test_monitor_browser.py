@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from megatron_glm.monitor import schema
+from megatron_glm.metrics import schema
 from megatron_glm.monitor.run import RunStore
 from megatron_glm.monitor.server import start_in_thread
 from megatron_glm.monitor.synthetic_runs import MILLION_SPIKES, Curve, million_step_run, write_config, write_run

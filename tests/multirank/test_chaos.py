@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 from megatron_glm.rundir import MANIFEST, RunDir, checkpoint_name
 
 pytestmark = pytest.mark.multirank

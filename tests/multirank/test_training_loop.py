@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from megatron_glm.monitor.schema import read_events, read_metrics
+from megatron_glm.metrics.schema import read_events, read_metrics
 from multirank.harness import run_ranks
 
 pytestmark = pytest.mark.multirank

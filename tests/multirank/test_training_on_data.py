@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from megatron_glm.monitor.schema import read_metrics
+from megatron_glm.metrics.schema import read_metrics
 from megatron_glm.training.schedules import BatchRampup, global_batch_size_at
 from multirank.harness import run_ranks
 
