@@ -6,8 +6,10 @@ any checkpoint glm-ckpt reads (docs/evaluation.md).
                  [--tp N] [--pp N] [--dtype fp32|fp16|bf16] [--num-attention-heads H] [--quiet] [--verbose]
 
 Under torchrun / srun / glm-launch (WORLD_SIZE > 1) the ranks form TP x PP model groups (--tp, --pp)
-and split the examples over the data-parallel ranks; rank 0 prints and writes.
-Exit codes: 0 done; 2 bad input (task file, data line, checkpoint, tokenizer: one line on stderr).
+and split the examples over the data-parallel ranks; rank 0 prints and writes. docs/evaluation.md
+describes the task files, the scoring and the outputs.
+Exit codes: 0 done; 2 bad input or usage (task file, data line, checkpoint, tokenizer: one line on
+stderr, --verbose adds the traceback).
 """
 
 from __future__ import annotations
@@ -22,27 +24,33 @@ from megatron_glm.evaluation.errors import EvalError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-eval", description=__doc__.split("\n")[0])
+    from megatron_glm.runtime.logs import HelpFormatter, add_verbose_option
+
+    parser = argparse.ArgumentParser(prog="glm-eval", description=__doc__, formatter_class=HelpFormatter)
+    add_verbose_option(parser, "tracebacks on errors, third-party warnings")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="evaluate a checkpoint on task files")
+    run = commands.add_parser("run", help="evaluate a checkpoint on task files", description=__doc__)
     run.add_argument("checkpoint", help="a run directory, its checkpoints/ (or one iter_N), SAT or safetensors")
     run.add_argument("--tasks", action="append", required=True,
                      help="a task YAML or a folder searched recursively for *.yaml (repeatable)")
-    run.add_argument("--data-path", help="folder the tasks' relative `path`s are taken from (default: each YAML's folder)")
-    run.add_argument("--output", help="write every number and the exact settings as JSON here")
-    run.add_argument("--predictions", help="write one JSON line per example (file order) here")
+    run.add_argument("--data-path", help="folder the tasks' relative `path`s are taken from (default: each YAML's "
+                                         "folder)")
+    run.add_argument("--output", help="write every number and the exact settings as JSON here (default: table "
+                                      "on stdout only)")
+    run.add_argument("--predictions", help="write one JSON line per example (file order) here (default: none)")
     run.add_argument("--tokenizer-model", help="sentencepiece model for *_pretokenized text and decoding "
-                                               "(default: the one the checkpoint's run config records)")
+                                               "(default: the one the checkpoint's run config records, if any)")
     run.add_argument("--prefer-text", action="store_true",
                      help="tokenize *_pretokenized text even where ids are present (data tokenized for another model)")
     run.add_argument("--special-token-ids", default="",
-                     help="e.g. mask=150000,gmask=150001,sop=150004,eop=150005,eos=20002")
+                     help="e.g. mask=150000,gmask=150001,sop=150004,eop=150005,eos=20002 (default: the tokenizer's, "
+                          "the run config's, or icetk's for a SAT checkpoint of GLM-130B's vocabulary)")
     run.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (multi-rank runs)")
     run.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (multi-rank runs)")
-    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    run.add_argument("--num-attention-heads", type=int, help="for checkpoints that do not record it (SAT)")
+    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and activations")
+    run.add_argument("--num-attention-heads", type=int,
+                     help="for checkpoints that do not record it (SAT; default: what the checkpoint records)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     return parser
 
 
@@ -179,11 +187,14 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    from megatron_glm.runtime.logs import configure_logging
+
+    configure_logging("glm-eval", verbose=args.verbose)
     try:
         return _run(args)
     except EvalError as error:
         print(f"glm-eval: error: {error}", file=sys.stderr)
-        if args.verbose:
+        if getattr(args, "verbose", False):
             traceback.print_exc()
         return 2
     except KeyboardInterrupt:
