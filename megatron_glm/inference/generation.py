@@ -321,17 +321,19 @@ def _prefill(model: InferenceModel, contexts: List[Context], max_new: int):
     return cache, logits, row_mask
 
 
-def fill(model: InferenceModel, contexts: List[Context], config: GenerationConfig) -> List[List[Candidate]]:
+def fill(model: InferenceModel, contexts: List[Context], config: GenerationConfig,
+         generator: Optional[torch.Generator] = None) -> List[List[Candidate]]:
     """Generate after each prepared context; per context the candidates, best first (one for
-    greedy/sampling; every final beam for beam search, which runs one context at a time)."""
+    greedy/sampling; every final beam for beam search, which runs one context at a time).
+    Sampling draws from `generator` (default: a new one seeded with config.seed)."""
     config.check()
     if not contexts:
         return []
+    generator = generator or torch.Generator().manual_seed(config.seed)
     if config.strategy == "beam":
-        return [_beam_fill(model, c, config) for c in contexts]
+        return [_beam_fill(model, c, config, generator) for c in contexts]
     end_tokens = _end_tokens(model, config)
     max_new = config.max_new_tokens
-    generator = torch.Generator().manual_seed(config.seed)
     cache, logits, row_mask = _prefill(model, contexts, max_new)
     batch = len(contexts)
     outputs: List[List[int]] = [[] for _ in range(batch)]
@@ -361,10 +363,11 @@ def fill(model: InferenceModel, contexts: List[Context], config: GenerationConfi
     return [[Candidate(outputs[b], None, ended[b])] for b in range(batch)]
 
 
-def _beam_fill(model: InferenceModel, context: Context, config: GenerationConfig) -> List[Candidate]:
+def _beam_fill(model: InferenceModel, context: Context, config: GenerationConfig,
+               generator: torch.Generator) -> List[Candidate]:
     end_tokens = _end_tokens(model, config)
     max_new = config.max_new_tokens
-    search = BeamSearch(config, end_tokens, torch.Generator().manual_seed(config.seed))
+    search = BeamSearch(config, end_tokens, generator)
     cache, logits, row_mask = _prefill(model, [context], max_new)
     beams = [list(context.tokens)]
     for step in range(max_new):
@@ -410,6 +413,7 @@ def generate_batch(model: InferenceModel, prompts: Sequence[Sequence[int]], conf
     for seq in seqs:
         _room(model, len(seq), config)
     first_inputs = [seq + [special["sop"]] for seq in seqs]
+    generator = torch.Generator().manual_seed(config.seed)  # one stream for every blank, as one seed
     blanks: List[List[List[int]]] = [[] for _ in prompts]
     beams: List[List[Candidate]] = [[] for _ in prompts]
     while True:
@@ -428,10 +432,10 @@ def generate_batch(model: InferenceModel, prompts: Sequence[Sequence[int]], conf
                        [i for i, l in zip(active, limits) if l == limit]) for limit in sorted(set(limits))]
         for group_contexts, group_limits, group_ids in groups:
             if config.strategy == "beam":
-                results = [fill(model, [c], _with(config, max_new_tokens=l))[0]
+                results = [fill(model, [c], _with(config, max_new_tokens=l), generator)[0]
                            for c, l in zip(group_contexts, group_limits)]
             else:
-                results = fill(model, group_contexts, _with(config, max_new_tokens=group_limits[0]))
+                results = fill(model, group_contexts, _with(config, max_new_tokens=group_limits[0]), generator)
             for i, candidates in zip(group_ids, results):
                 best = candidates[0].tokens
                 position = seqs[i].index(special[kinds[i]])

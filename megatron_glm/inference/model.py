@@ -400,6 +400,10 @@ def load_inference_model(
 
     seq_length = max_sequence_length or int(run_model.get("seq_length") or DEFAULT_MAX_SEQUENCE_LENGTH)
     standalone = not dist.is_initialized()
+    if not standalone and not parallel_state.model_parallel_is_initialized():
+        raise InferenceError("torch.distributed is initialised but megatron-core's parallel_state is not: call "
+                             "megatron_glm.runtime.distributed.initialize_distributed (or initialize_model_parallel) "
+                             "first")
     tp = 1 if standalone else parallel_state.get_tensor_model_parallel_world_size()
     pp = 1 if standalone else parallel_state.get_pipeline_model_parallel_world_size()
     if glm.num_attention_heads % tp:
