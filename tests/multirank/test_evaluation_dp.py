@@ -1,5 +1,6 @@
-"""glm-eval on two gloo ranks, data-parallel over examples (DP2): the single-process numbers, in
-file order, written once by rank 0."""
+"""glm-eval on four gloo ranks at TP2 x DP2: the examples split over the two data-parallel groups,
+each a tensor-parallel pair, give the float64 reference's numbers in file order, written once by
+rank 0 (the data-parallel gather runs over megatron-core's DP groups, not the world)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,20 @@ from test_evaluation_cli import assert_predictions_match, eval_command, referenc
 pytestmark = pytest.mark.multirank
 
 
-def test_two_data_parallel_ranks_match_the_reference(tmp_path):
-    layout = []
+def test_tp2_dp2_matches_the_reference(tmp_path):
     root = write_checkpoint_and_tasks(tmp_path)
     out = tmp_path / "out"
     port = str(free_port())
     procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+    for rank in range(4):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        procs.append(subprocess.Popen(eval_command(root, out, "--quiet", *layout), env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(eval_command(root, out, "--quiet", "--tp", "2"), env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, start_new_session=True))
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=240))
+            outputs.append(proc.communicate(timeout=300))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -37,9 +37,9 @@ def test_two_data_parallel_ranks_match_the_reference(tmp_path):
                 proc.wait()
     for proc, (stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr[-3000:]
-    assert "choice" in outputs[0][0] and outputs[1][0] == ""  # rank 0 prints the table, rank 1 nothing
-    results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["data_parallel"] == (1 if layout else 2)
+    assert "choice" in outputs[0][0] and all(stdout == "" for stdout, _ in outputs[1:])  # rank 0 prints
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert (settings["tp"], settings["data_parallel"]) == (2, 2)
     lines = [json.loads(line) for line in (out / "preds.jsonl").read_text().splitlines()]
     _, ref_lines = reference_run(root)
     assert_predictions_match(lines, ref_lines)
