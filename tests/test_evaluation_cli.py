@@ -80,8 +80,8 @@ def assert_predictions_match(lines, ref_lines):
 
 def eval_command(root: Path, out: Path, *extra: str):
     return [glm_eval_script(), "run", str(root / "sat"), "--tasks", str(root / "tasks"), "--num-attention-heads",
-            str(HEADS), "--special-token-ids", SPECIAL_ARG, "--output", str(out / "results.json"),
-            "--predictions", str(out / "preds.jsonl"), *extra]
+            str(HEADS), "--special-token-ids", SPECIAL_ARG, "--rope-precision", "fp32",  # as the reference
+            "--output", str(out / "results.json"), "--predictions", str(out / "preds.jsonl"), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_console_script_matches_the_float64_reference(setup):
     assert "choice" in proc.stdout and "Accuracy" in proc.stdout and "PPL" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["special_token_ids"]["mask"] == SPECIAL["mask"]
-    assert results["settings"]["model"]["padded_vocab_size"] == V
+    assert results["settings"]["model"]["padded_vocab_size"] == V and results["settings"]["rope_precision"] == "fp32"
     lines = [json.loads(line) for line in (out / "preds.jsonl").read_text().splitlines()]
     expected, ref_lines = reference_run(setup)
     assert_predictions_match(lines, ref_lines)

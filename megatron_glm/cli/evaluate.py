@@ -3,7 +3,8 @@ any checkpoint glm-ckpt reads (docs/evaluation.md).
 
     glm-eval run CKPT --tasks TASK.yaml|DIR [--tasks ...] [--data-path P] [--output results.json]
                  [--predictions preds.jsonl] [--tokenizer-model M] [--special-token-ids mask=..,eos=..] [--prefer-text]
-                 [--tp N] [--pp N] [--dtype fp32|fp16|bf16] [--num-attention-heads H] [--quiet] [--verbose]
+                 [--tp N] [--pp N] [--dtype fp32|fp16|bf16] [--num-attention-heads H] [--rope-precision fp32|fp16]
+                 [--quiet] [--verbose]
 
 Under torchrun / srun / glm-launch (WORLD_SIZE > 1) the ranks form TP x PP model groups (--tp, --pp)
 and split the examples over the data-parallel ranks; rank 0 prints and writes. docs/evaluation.md
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and activations")
     run.add_argument("--num-attention-heads", type=int,
                      help="for checkpoints that do not record it (SAT; default: what the checkpoint records)")
+    run.add_argument("--rope-precision", choices=["fp32", "fp16"],
+                     help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
+                          "checkpoints), fp32 as our trainer (default otherwise)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -151,7 +155,8 @@ def _run(args) -> int:
     try:
         model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=explicit or None,
                                      tokenizer_model=args.tokenizer_model, max_sequence_length=longest,
-                                     num_attention_heads=args.num_attention_heads)
+                                     num_attention_heads=args.num_attention_heads,
+                                     rope_precision=args.rope_precision)
     except (InferenceError, CheckpointError) as error:
         message = str(error)
         raise EvalError(message if str(args.checkpoint) in message else f"{args.checkpoint}: {message}") from None
@@ -167,6 +172,7 @@ def _run(args) -> int:
             "tokenizer_model": vocab.source if vocab.has_tokenizer else None, "special_token_ids": vocab.special,
             "prefer_text": args.prefer_text, "dtype": args.dtype, "tp": args.tp, "pp": args.pp,
             "data_parallel": dp_world, "padded_vocab_size": model.vocab_size,
+            "rope_precision": getattr(model, "rope_precision", None),
             "model": {k: getattr(model.shape, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
                                                             "ffn_hidden_size", "padded_vocab_size")},
             "versions": _versions(),
