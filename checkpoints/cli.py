@@ -133,11 +133,7 @@ def _read_options(args):
 
 
 def _run(args) -> int:
-    from checkpoints import convert as conversion
-    from checkpoints import forward, inspect_ckpt
-    from checkpoints.formats.base import WriteOptions
-
-    if args.command == "verify":
+    if args.command == "verify":  # before the imports below: verify needs no torch (fast in a cron job)
         from checkpoints.verify import NotACheckpoint, verify
 
         try:
@@ -147,6 +143,10 @@ def _run(args) -> int:
             return 2
         print("\n".join(lines))
         return 0 if intact else 1
+    from checkpoints import convert as conversion
+    from checkpoints import forward, inspect_ckpt
+    from checkpoints.formats.base import WriteOptions
+
     if args.command == "inspect":
         reader = conversion.open_checkpoint(args.checkpoint, _read_options(args))
         summary = inspect_ckpt.describe(reader)

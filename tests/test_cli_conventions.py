@@ -147,7 +147,7 @@ def test_verbose_is_parsed_the_same_before_and_after_the_subcommand(tool, argv):
     assert vars(before) == vars(after)
 
 
-def test_verbose_before_and_after_the_subcommand_on_the_command_line(tmp_path):
+def test_verbose_before_and_after_the_subcommand_on_the_command_line(tmp_path, monkeypatch, capsys):
     """The real scripts accept both places and do the same (glm-monitor logs its loading with it).
     glm-train routes `--verbose describe` to the subcommand, not to the training form (which needs
     --config); glm-launch accepts it before every subcommand (it took it only after `run`). The
@@ -165,24 +165,30 @@ def test_verbose_before_and_after_the_subcommand_on_the_command_line(tmp_path):
         assert r.returncode == 2 and f"glm-prep: {tmp_path / 'none'}: no complete .bin/.idx pair" in r.stderr
     assert not list(tmp_path.glob("out*"))
 
-    for flags in (["--verbose", "describe", "glm-tiny"], ["describe", "glm-tiny", "--verbose"]):
-        r = _run("glm-train", *flags, "model.num_heads=3")
-        assert r.returncode == 2 and "unknown field 'model.num_heads'" in r.stderr, r.stderr
+    r = _run("glm-train", "--verbose", "describe", "glm-tiny", "model.num_heads=3")
+    assert r.returncode == 2 and "unknown field 'model.num_heads'" in r.stderr, r.stderr
+    # After the subcommand, and before an override (argparse alone would refuse the override there):
+    # in-process, without the verbose logging set-up that would outlive the call.
+    monkeypatch.setattr(megatron_glm.cli.train, "configure_logging", lambda *args, **kwargs: None)
+    assert megatron_glm.cli.train.main(["describe", "glm-tiny", "--verbose", "model.num_heads=3"]) == 2
+    assert "unknown field 'model.num_heads'" in capsys.readouterr().err
 
     r = _run("glm-launch", "--verbose", "status", tmp_path)
     assert r.returncode == 2 and "not a run directory" in r.stderr, r.stderr
 
 
 def test_the_documented_failed_check_codes_through_the_real_scripts(tmp_path):
-    """Beyond 0 and 2, each code a --help documents (glm-prep's 3 and glm-monitor's 1 are run in
-    test_prep.py and test_monitor_cli.py): glm-ckpt verify 1 for damage, glm-launch plan 1 for a
-    layout that does not fit; both write nothing."""
+    """Beyond 0 and 2, the codes each --help documents, through the real scripts (glm-prep's 3 runs
+    in test_prep.py, glm-monitor's 1 in test_monitor_cli.py): glm-ckpt verify 1 for damage,
+    glm-launch plan 1 for a layout that does not fit; both write nothing."""
     from megatron_glm.training.manifest import checksum_files, list_files, write_manifest
 
     checkpoint = tmp_path / "iter_0000001"
     checkpoint.mkdir()
     (checkpoint / "a.bin").write_bytes(b"hello")
     write_manifest(checkpoint, checksum_files(checkpoint, list_files(checkpoint)), step=1)
+    r = _run("glm-ckpt", "verify", checkpoint)
+    assert r.returncode == 0 and f"ok      {checkpoint}" in r.stdout
     (checkpoint / "a.bin").write_bytes(b"hellO")
     r = _run("glm-ckpt", "verify", checkpoint)
     assert r.returncode == 1 and f"CORRUPT {checkpoint}" in r.stdout and "a.bin has CRC-32" in r.stdout

@@ -31,9 +31,9 @@ from megatron_glm.runtime.logs import HelpFormatter, add_verbose_option, configu
 
 
 def _describe(args: argparse.Namespace) -> int:
+    run = load_run_config(args.config, args.overrides)  # a bad config fails before torch is imported
     from megatron_glm.model.describe import describe
 
-    run = load_run_config(args.config, args.overrides)
     print(json.dumps(describe(run), indent=None if args.compact else 2))
     return 0
 
