@@ -100,6 +100,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, small, demo_tokenizer
         ([checkpoint, "--input-ids", "1 2 500", "--special-token-ids", SPECIAL_ARG], "outside the model's vocabulary"),
         ([checkpoint, "--input-ids", "1 two"], "expected token ids"),
         ([checkpoint, "--input-ids", "1 2", "--special-token-ids", "bos=1"], "bad special-token id"),
+        ([checkpoint, "--input-ids", "1 2", "--tp", "2"], "needs 2 ranks"),
     ]
     for args, message in cases:
         code, out, err = _cli(capsys, *args)

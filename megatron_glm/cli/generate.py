@@ -13,6 +13,8 @@ the tokenizer is --tokenizer-model or the one the run was trained with (its conf
 generated in right-padded batches of --batch-size (beam search: one at a time).
 --json prints one object per prompt: input_ids (as fed for the first blank, <sop> included),
 blanks (each blank's ids, end token excluded), output_ids, and text when a tokenizer is known.
+Under torchrun or srun with TP x PP ranks (--tp, --pp) the model is sharded; every rank runs the
+same loop and rank 0 prints.
 Exit codes: 0 done, 2 bad input (one line on stderr; --verbose adds the traceback).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -70,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--max-sequence-length", type=int,
                        help="positions available (default: the run's model.seq_length, else 2048)")
     model.add_argument("--num-attention-heads", type=int, help="SAT checkpoints do not record it (GLM-130B: 96)")
+    model.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun/srun: TP x PP ranks)")
+    model.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
     model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations")
     model.add_argument("--rope-precision", choices=["fp32", "fp16"],
                        help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
@@ -150,6 +155,25 @@ def _read_prompts(args, model) -> List[List[int]]:
     return prompts
 
 
+def _init_distributed(tp: int, pp: int) -> int:
+    """This rank (0 alone); under torchrun/srun megatron-core's TP x PP groups over every rank."""
+    from megatron_glm.runtime.distributed import discover_world
+
+    world = discover_world()
+    if tp < 1 or pp < 1:
+        raise UsageError(f"--tp and --pp must be at least 1, got {tp} and {pp}")
+    if world.world_size != tp * pp:
+        raise UsageError(f"--tp {tp} --pp {pp} needs {tp * pp} ranks, the job has {world.world_size} "
+                         "(run TP x PP ranks under torchrun or srun)")
+    if world.world_size == 1:
+        return 0
+    from megatron_glm.config.schema import ModelConfig, ParallelConfig, RunConfig
+    from megatron_glm.runtime.distributed import initialize_distributed
+
+    initialize_distributed(RunConfig(model=ModelConfig(), parallel=ParallelConfig(tensor=tp, pipeline=pp)), world)
+    return world.rank
+
+
 def _run(args) -> int:
     import torch
 
@@ -164,13 +188,14 @@ def _run(args) -> int:
     config.check()
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    rank = _init_distributed(args.tp, args.pp)
     special = parse_special_token_ids(args.special_token_ids) if args.special_token_ids else None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=special,
                                  tokenizer_model=args.tokenizer_model, max_sequence_length=args.max_sequence_length,
                                  num_attention_heads=args.num_attention_heads, rope_precision=args.rope_precision)
     try:
-        if args.verbose:
+        if args.verbose and rank == 0:
             print(f"glm-generate: loaded {model.source} in {time.monotonic() - started:.1f}s "
                   f"(vocab {model.vocab_size}, {model.max_sequence_length} positions, specials {model.special})",
                   file=sys.stderr)
@@ -180,6 +205,8 @@ def _run(args) -> int:
             batch = prompts[start:start + args.batch_size]
             began = time.monotonic()
             results = generate_batch(model, batch, config)
+            if rank != 0:  # every rank ran the same loop; one prints
+                continue
             if args.verbose:
                 count = sum(len(b) for r in results for b in r.blanks)
                 seconds = time.monotonic() - began
@@ -214,10 +241,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CheckpointError, InferenceError, TokenizerError, UsageError) as error:
         if args.verbose:
             traceback.print_exc()
-        print(f"glm-generate: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+            print(f"glm-generate: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            from megatron_glm.runtime.distributed import destroy_distributed
+
+            destroy_distributed()
 
 
 if __name__ == "__main__":
