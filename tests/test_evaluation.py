@@ -420,3 +420,24 @@ def test_evaluate_writes_predictions_in_file_order(tmp_path):
     entry = results["tasks"]["t"]
     assert [f["size"] for f in entry["files"]] == [1, 3] and set(entry["groups"]["all"]["Accuracy"]) == {
         "max", "median", "average"}
+
+
+def test_shipped_demo_tasks_parse_and_tokenize(demo_tokenizer):
+    """The demo tasks (English and Chinese mul, LAMBADA-style gen, lm) load with the demo tokenizer."""
+    from pathlib import Path
+
+    from megatron_glm.evaluation.data import task_files
+    from megatron_glm.evaluation.runner import load_tasks
+    from megatron_glm.evaluation.vocab import make_vocab
+
+    folder = Path(__file__).resolve().parent.parent / "megatron_glm" / "evaluation" / "demo_tasks"
+    configs = {c.name: c for c in load_tasks([str(folder)])}
+    assert {c.type for c in configs.values()} == {"mul", "gen", "lm"}
+    assert configs["demo-lastword"].kind == "lambada"
+    v = make_vocab(demo_tokenizer.model_file, {})
+    for cfg in configs.values():
+        files = task_files(cfg, None)
+        assert {f.group for f in files} <= {"en", "zh"}
+        for file in files:
+            load_examples(cfg, file, v, demo_tokenizer.vocab_size)
+            assert file.examples
