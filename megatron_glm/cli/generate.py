@@ -37,20 +37,16 @@ class UsageError(ValueError):
     pass
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        if action.default in (None, False, "") or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-generate", description=__doc__, formatter_class=_Formatter)
+    from megatron_glm.runtime.logs import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="glm-generate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", help="run directory, checkpoints/ or iter_N (dist), SAT or safetensors")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="text; [MASK] [sMASK] [gMASK] mark blanks (needs a tokenizer)")
-    source.add_argument("--input-ids", help='token ids separated by spaces or commas, e.g. "5 6 7 3 8"')
-    source.add_argument("--input-file", help='JSONL: {"prompt": TEXT} or {"input_ids": [ids]} per line')
+    source.add_argument("--prompt", help="text; [MASK] [sMASK] [gMASK] mark blanks (needs a tokenizer; this, --input-ids or --input-file "
+                             "is required: no default)")
+    source.add_argument("--input-ids", help='token ids separated by spaces or commas, e.g. "5 6 7 3 8" (no default)')
+    source.add_argument("--input-file", help='JSONL: {"prompt": TEXT} or {"input_ids": [ids]} per line (no default)')
     parser.add_argument("--tokenizer-model", help="sentencepiece model (default: the run's, from its config.yaml)")
     parser.add_argument("--special-token-ids", default="",
                         help="NAME=ID,... for pad mask gmask smask eod sop eop eos (default: from the tokenizer "
@@ -72,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--max-sequence-length", type=int,
                        help="positions available (default: the run's model.seq_length, else 2048)")
-    model.add_argument("--num-attention-heads", type=int, help="SAT checkpoints do not record it (GLM-130B: 96)")
+    model.add_argument("--num-attention-heads", type=int, help="SAT checkpoints do not record it (GLM-130B: 96; default: the checkpoint's record)")
     model.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun/srun: TP x PP ranks)")
     model.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
     model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations")
