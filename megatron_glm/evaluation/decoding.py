@@ -178,8 +178,9 @@ def beam_search(logits_fn: LogitsFn, sample: GenSample, options: DecodeOptions) 
 def _generation_config(options: DecodeOptions):
     from megatron_glm.inference.generation import GenerationConfig
 
-    return GenerationConfig(
-        strategy=options.strategy, max_new_tokens=options.max_gen_length, min_new_tokens=options.min_gen_length,
+    return GenerationConfig(  # min_gen_length is a beam-search setting in GLM-130B (its greedy ignores it)
+        strategy=options.strategy, max_new_tokens=options.max_gen_length,
+        min_new_tokens=options.min_gen_length if options.strategy == "beam" else 0,
         num_beams=options.num_beams, length_penalty=options.length_penalty,
         no_repeat_ngram_size=options.no_repeat_ngram_size, deterministic=True,
         banned_token_ids=list(options.banned_ids), banned_prefixes=[list(p) for p in options.banned_prefixes],
