@@ -363,6 +363,15 @@ def test_task_file_errors_name_file_and_line(tmp_path, text, message):
     assert message in str(error.value).replace(str(tmp_path) + "/", "")
 
 
+def test_two_tasks_of_one_name_are_refused(tmp_path):
+    from megatron_glm.evaluation.runner import load_tasks
+
+    _write(tmp_path / "a.yaml", "name: t\ntype: mul\npath: x\n")
+    _write(tmp_path / "b" / "c.yaml", "name: t\ntype: lm\npath: y\n")
+    with pytest.raises(EvalError, match="task name 't' is also the name of"):
+        load_tasks([str(tmp_path)])
+
+
 def test_data_errors_name_file_and_line(tmp_path):
     cfg = mul_task(max_seq_length=8)
     cases = [('{"inputs": [1], "choices": [[2]], "label": 0}\n{"inputs": [1], "choices": [[2]], "label": 0\n',

@@ -23,9 +23,15 @@ from megatron_glm.evaluation.vocab import Vocab
 
 
 def load_tasks(targets: Sequence[str]) -> List[TaskConfig]:
-    configs = []
+    configs: List[TaskConfig] = []
     for target in targets:
         configs.extend(load_task_file(path) for path in find_task_files(target))
+    seen: Dict[str, TaskConfig] = {}
+    for cfg in configs:
+        if cfg.name in seen:
+            raise EvalError(f"{cfg.source}: task name '{cfg.name}' is also the name of {seen[cfg.name].source}; "
+                            f"results are keyed by name")
+        seen[cfg.name] = cfg
     return configs
 
 
