@@ -306,6 +306,27 @@ def _mark_tensor_parallel(model: torch.nn.Module) -> None:
             set_tensor_model_parallel_attributes(weight, True, 0, 1)
 
 
+def _load_weights(model: torch.nn.Module, reader) -> None:
+    """Copy this rank's shard of every parameter of `model` from `reader`, one whole tensor at a
+    time (peak memory: the largest tensor, not the model), only the layers of this pipeline stage."""
+    from megatron.core import parallel_state
+
+    from megatron_glm.model.tp_shard import _full_key, shard
+
+    specs = {key: spec for key, spec, _ in reader.glm.entries()}
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    world = parallel_state.get_tensor_model_parallel_world_size()
+    with torch.no_grad():
+        for local_key, param in model.named_parameters():
+            key = _full_key(model, local_key)
+            if key not in specs:
+                raise InferenceError(f"the model has a parameter {key!r} that the checkpoint format does not map")
+            value = reader.read(key, specs[key])
+            if world > 1 and getattr(param, "tensor_model_parallel", False):
+                value = shard(value, rank, world, param.partition_dim, param.partition_stride)
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
 def load_inference_model(
     checkpoint: str,
     *,
@@ -337,7 +358,6 @@ def load_inference_model(
     Raises InferenceError (or checkpoints' CheckpointError) with a one-line reason.
     """
     from checkpoints.convert import ReadOptions, open_checkpoint
-    from checkpoints.forward import full_state_dict
     from megatron_glm.config.schema import ModelConfig, ParallelConfig, RunConfig
     from megatron_glm.data.tokenizer import GLMTokenizer, TokenizerError
 
@@ -395,7 +415,6 @@ def load_inference_model(
 
         from megatron_glm.model.build import build_model
     from megatron_glm.model.describe import _single_process_groups
-    from megatron_glm.model.tp_shard import load_full_state_dict
     from megatron_glm.model.transformer_config import build_transformer_config
 
     seq_length = max_sequence_length or int(run_model.get("seq_length") or DEFAULT_MAX_SEQUENCE_LENGTH)
@@ -417,8 +436,6 @@ def load_inference_model(
         seq_length=seq_length, layernorm_epsilon=glm.layernorm_epsilon, hidden_dropout=0.0,
         attention_dropout=0.0, rotary_base=glm.rotary_base, attention_backend=attention_backend)
     run = RunConfig(model=model_config, precision=precision, parallel=ParallelConfig(tensor=tp, pipeline=pp))
-    weights = full_state_dict(reader)
-    reader.close()
     stack = contextlib.ExitStack()
     try:
         if standalone:
@@ -435,14 +452,15 @@ def load_inference_model(
                                 post_process=parallel_state.is_pipeline_last_stage())
             if tp > 1:
                 _mark_tensor_parallel(model)
-            load_full_state_dict(model, weights)
-        del weights
+            _load_weights(model, reader)
         rope_precision = rope_precision or ("fp16" if reader.info.format == "sat" else "fp32")
         model.rotary.angle_dtype = torch.float16 if rope_precision == "fp16" else torch.float32
         model.eval()
     except BaseException:
         stack.close()
         raise
+    finally:
+        reader.close()
     inference = InferenceModel(model, glm, max_sequence_length=seq_length, special=special, dtype=dtype,
                                tokenizer=tokenizer, exit_stack=stack if standalone else None, source=str(checkpoint))
     inference.rope_precision = rope_precision
