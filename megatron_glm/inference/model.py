@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
@@ -114,7 +115,9 @@ class InferenceModel:
         self.dtype = dtype
         self.tokenizer = tokenizer
         self.source = source
-        self._exit_stack = exit_stack
+        # The one-process group goes with close(), garbage collection or interpreter exit, whichever
+        # comes first (at exit, before the modules it needs are torn down).
+        self._release = weakref.finalize(self, exit_stack.close) if exit_stack is not None else None
         self.format = ""
         self.rope_precision = "fp32"
         from megatron.core import parallel_state
@@ -129,9 +132,8 @@ class InferenceModel:
 
     def close(self) -> None:
         """Release the throw-away process group of a single-process model."""
-        if self._exit_stack is not None:
-            self._exit_stack.close()
-            self._exit_stack = None
+        if self._release is not None:
+            self._release()
 
     # ---------------------------------------------------------------------------------------------
     def _check(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
