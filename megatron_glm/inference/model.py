@@ -401,10 +401,10 @@ def load_inference_model(
                                   checkpoint_format=reader.info.format, padded_vocab=glm.padded_vocab_size,
                                   run_tokenizer=run_tokenizer)
     tokenizer = tokenizer or run_tokenizer
-    if tokenizer is not None and tokenizer.vocab_size > glm.padded_vocab_size:
+    vocabulary = glm.vocab_size or glm.padded_vocab_size  # ours record the tokenizer's size
+    if tokenizer is not None and tokenizer.vocab_size > vocabulary:
         raise InferenceError(f"tokenizer {tokenizer.model_file} has {tokenizer.vocab_size} ids (specials included) "
-                             f"but the checkpoint's vocabulary has {glm.padded_vocab_size} rows: not this model's "
-                             f"tokenizer")
+                             f"but the checkpoint's vocabulary has {vocabulary}: not this model's tokenizer")
     bad = {name: value for name, value in special.items() if not 0 <= value < glm.padded_vocab_size}
     if bad:
         raise InferenceError(f"special-token ids {bad} are outside the checkpoint's vocabulary "
