@@ -315,7 +315,8 @@ def _prefill(model: InferenceModel, contexts: List[Context], max_new: int):
         for row in range(cl, padded):  # padding rows see themselves only (no empty softmax row)
             mask[b, 0, row, row] = False
     cache = model.new_cache(batch, padded + max_new)
-    logits = model.extend(cache, tokens, positions, mask, logits_at=torch.tensor(lengths) - 1)
+    # decisions are made on the CPU (seeded CPU generator; logits are [b, V])
+    logits = model.extend(cache, tokens, positions, mask, logits_at=torch.tensor(lengths) - 1).cpu()
     # generated rows see what the last context row (<sop>) sees, padding columns masked
     row_mask = torch.stack([mask[b, 0, lengths[b] - 1] for b in range(batch)])
     return cache, logits, row_mask
@@ -359,7 +360,7 @@ def fill(model: InferenceModel, contexts: List[Context], config: GenerationConfi
         feed = torch.tensor([[model.special.get("pad", 0) if done[b] else int(chosen[b])] for b in range(batch)])
         positions = torch.tensor([[c.generation_position_ids[step]] for c in contexts])
         mask = torch.cat([row_mask, torch.zeros(batch, step + 1, dtype=torch.bool)], dim=1)[:, None, None, :]
-        logits = model.extend(cache, feed, positions, mask)[:, -1]
+        logits = model.extend(cache, feed, positions, mask)[:, -1].cpu()
     return [[Candidate(outputs[b], None, ended[b])] for b in range(batch)]
 
 
@@ -379,7 +380,7 @@ def _beam_fill(model: InferenceModel, context: Context, config: GenerationConfig
         feed = torch.tensor([[beam[-1]] for beam in beams])
         positions = torch.full((width, 1), context.generation_position_ids[step], dtype=torch.long)
         mask = torch.cat([row_mask.expand(width, -1), torch.zeros(width, step + 1, dtype=torch.bool)], dim=1)
-        logits = model.extend(cache, feed, positions, mask[:, None, None, :])[:, -1]
+        logits = model.extend(cache, feed, positions, mask[:, None, None, :])[:, -1].cpu()
     cl = len(context.tokens)
     out = []
     for beam, score in search.finalize(beams):
