@@ -276,3 +276,24 @@ def test_fp16_angles_are_sat_s_table():
     assert torch.equal(ours, table[positions[0]].float())
     exact = PositionIdRotaryEmbedding(d)(positions)[:, 0, 0, : d // 2]
     assert float((ours - exact).abs().max()) > 0.5  # fp16 angles are far off at large positions
+
+
+def test_kv_cache_with_the_sdpa_backend(tiny):
+    """attention_backend=sdpa (torch's fused attention) decodes through the same cache."""
+    model, _ = tiny
+    sdpa = load_inference_model(model.source, special_token_ids=SPECIAL, max_sequence_length=64,
+                                attention_backend="sdpa")
+    try:
+        prompt = _text(20, 13)
+        assert generate(sdpa, prompt, GenerationConfig(max_new_tokens=6)).blanks == \
+            generate(model, prompt, GenerationConfig(max_new_tokens=6)).blanks
+        context = blank_context(prompt + [G], 20, True, SOP, 4)
+        n = len(context.tokens)
+        tokens, positions = torch.tensor([context.tokens]), torch.tensor([context.position_ids])
+        full = sdpa.logits(tokens, positions, context.attention_mask[None, None])
+        cache = sdpa.new_cache(1, n)
+        sdpa.extend(cache, tokens[:, :n - 1], positions[:, :n - 1], context.attention_mask[None, None, :n - 1, :n - 1])
+        step = sdpa.extend(cache, tokens[:, n - 1:], positions[:, n - 1:], context.attention_mask[None, None, n - 1:])
+        assert torch.allclose(step[:, 0], full[:, -1], atol=TIGHT, rtol=0)
+    finally:
+        sdpa.close()
