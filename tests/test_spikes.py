@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_glm.metrics import spikes as spikes_mod
 from megatron_glm.metrics.spikes import REASONS, Spike, SpikeDetector, SpikeRule, detect_spikes
 from megatron_glm.monitor.synthetic_runs import early_fall, series
 
@@ -255,8 +254,7 @@ def _close(a, b, rel: float = 1e-9) -> bool:
 
 
 def _same_spikes(a, b) -> bool:
-    """Same steps, reasons and values; baselines equal up to rounding (update_many on long
-    sequences computes them with numpy, see megatron_glm.metrics.spikes._scan_long)."""
+    """Same steps, reasons, values and baselines (NaN equal to NaN)."""
     return len(a) == len(b) and all(
         x.step == y.step and x.reason == y.reason and _close(x.loss, y.loss) and _close(x.grad_norm, y.grad_norm)
         and _close(x.baseline_loss, y.baseline_loss) and _close(x.baseline_grad_norm, y.baseline_grad_norm)
@@ -370,105 +368,3 @@ def test_one_million_points_recall_and_precision():
     loss, gn, events = inject(loss, gn, rng, n_events=1000)
     recall, precision, _, _ = score(detect_spikes(t, loss, gn), events)
     assert recall >= 0.95 and precision >= 0.95
-
-
-# 7. update_many on long sequences (numpy, spikes._scan_long) == the per-step loop (spikes._scan)
-def _long_series(kind: str, seed: int, n: int = 12_000):
-    """(steps, loss, grad_norm) with grad_norm an array, None (loss only) or a list with None holes."""
-    t, loss, gn, rng = clean_series(n, seed, 0.03)
-    loss, gn, _ = inject(loss, gn, rng, n_events=20)
-    if kind == "level-shifts":  # runs longer than max_consecutive, up and up again, then back down
-        loss[3000:] *= 1.3
-        loss[6000:] *= 1.4
-        loss[9000:] /= 1.8
-    elif kind == "non-finite":
-        loss[rng.choice(n, 40, replace=False)] = np.inf
-        gn[rng.choice(n, 40, replace=False)] = np.nan
-        loss[5000:5300] = np.nan  # a long NaN run
-    elif kind == "dense":  # a spike every ~10 steps: mostly decided by _scan
-        idx = rng.choice(n, n // 10, replace=False)
-        loss[idx] *= 1.5
-        gn[rng.choice(n, n // 20, replace=False)] *= 40.0
-    elif kind == "loss-only":
-        return t, loss, None
-    elif kind == "early-fall":  # falling fast at the start, a jump right after the fall
-        return series(early_fall(n, seed=seed), spikes=[150, 4000], loss_factor=1.48, grad_factor=1.0)
-    elif kind == "grad-holes":  # grad norm logged every 3rd step, some NaN, none for the first 4000
-        holes = [None if i % 3 or i < 4000 else float(g) for i, g in enumerate(gn)]
-        for i in rng.choice(np.arange(4002, n, 3), 10, replace=False):
-            holes[i] = float("nan")
-        return t, loss, holes
-    return t, loss, gn
-
-
-LONG_KINDS = ("injected", "level-shifts", "non-finite", "dense", "loss-only", "grad-holes", "early-fall")
-LONG_RULES = (SpikeRule(), SpikeRule(alpha=0.05, warmup_steps=5, max_consecutive=10),
-              SpikeRule(max_consecutive=0), SpikeRule(alpha=0.01, warmup_steps=200, loss_sigmas=3.0),
-              SpikeRule(alpha=0.3, grad_norm_ratio=3.0), SpikeRule(alpha=0.6))
-
-
-def _reference_and_long(rule, state, t, loss, gn):
-    """(spikes, state) of the per-step loop and of the long-sequence path, from the same state."""
-    arrays = spikes_mod._as_arrays(t, loss, gn)
-    ref = spikes_mod._scan(rule, state, *spikes_mod._lists(*arrays, 0, len(t)))
-    det = SpikeDetector(rule)
-    det._state = state
-    long = det.update_many(t, loss, gn)
-    return ref, (long, det._state)
-
-
-def _state_dict(state):
-    return dict(zip(spikes_mod._STATE_KEYS, state))
-
-
-@pytest.mark.parametrize("kind", LONG_KINDS)
-@pytest.mark.parametrize("rule", LONG_RULES, ids=lambda r: f"a{r.alpha}-w{r.warmup_steps}-c{r.max_consecutive}")
-def test_long_path_matches_scan(kind, rule):
-    assert spikes_mod._LONG <= 12_000
-    for seed in (0, 1):
-        t, loss, gn = _long_series(kind, seed)
-        (ref, ref_state), (got, got_state) = _reference_and_long(rule, spikes_mod._INITIAL_STATE, t, loss, gn)
-        assert _same_spikes(got, ref), (kind, seed, [(s.step, s.reason) for s in got][:20],
-                                        [(s.step, s.reason) for s in ref][:20])
-        assert _close_states(_state_dict(got_state), _state_dict(ref_state))
-        assert all(type(v) in (int, float) for v in got_state)  # JSON-able, like _scan's
-
-
-@pytest.mark.parametrize("kind", LONG_KINDS)
-def test_long_path_resumes_from_any_state(kind):
-    """From states the per-step loop reached (in warm-up, mid spike run, mid NaN run, after a
-    re-anchor, ...), both continue with the same decisions; and the dashboard's long load can be
-    continued online step by step."""
-    rule = SpikeRule()
-    t, loss, gn = _long_series(kind, 5, n=16_000)
-    g_list = [None] * len(t) if gn is None else list(gn)
-    for cut in (3, 30, 3005, 3030, 5100, 6040, 9001):
-        _, state = spikes_mod._scan(rule, spikes_mod._INITIAL_STATE, t[:cut].tolist(), loss[:cut].tolist(),
-                                    [None if g is None else float(g) for g in g_list[:cut]])
-        rest = slice(cut, len(t))
-        (ref, ref_state), (got, got_state) = _reference_and_long(
-            rule, state, t[rest], loss[rest], None if gn is None else g_list[rest])
-        assert _same_spikes(got, ref), (kind, cut)
-        assert _close_states(_state_dict(got_state), _state_dict(ref_state)), (kind, cut)
-    online = SpikeDetector(rule)
-    online.update_many(t[:-500], loss[:-500], None if gn is None else g_list[:-500])
-    tail = [online.update(int(a), float(b), g) for a, b, g in zip(t[-500:], loss[-500:], g_list[-500:])]
-    reference = detect_spikes(t, loss, None if gn is None else g_list, rule)
-    assert [(s.step, s.reason) for s in tail if s] == [(s.step, s.reason) for s in reference if s.step >= t[-500]]
-
-
-def test_long_path_clears_most_steps_with_numpy(monkeypatch):
-    """The speed-up is real: on a run with a spike every ~1000 steps, _scan sees < 10% of the steps."""
-    seen = []
-    scan = spikes_mod._scan
-
-    def counting_scan(rule, state, steps, losses, grad_norms):
-        seen.append(len(steps))
-        return scan(rule, state, steps, losses, grad_norms)
-
-    monkeypatch.setattr(spikes_mod, "_scan", counting_scan)
-    t, loss, gn, rng = clean_series(200_000, 8, 0.03)
-    loss, gn, events = inject(loss, gn, rng, n_events=200)
-    spikes = detect_spikes(t, loss, gn)
-    assert score(spikes, events)[0] >= 0.95
-    assert sum(seen) < 0.1 * len(t), sum(seen)

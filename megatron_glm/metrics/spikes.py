@@ -12,14 +12,12 @@ One detector, three uses:
 * **incrementally** for a live dashboard: keep a :class:`SpikeDetector` and feed it the
   new points (or call :meth:`SpikeDetector.update_many`).
 
-The online path is one loop (``_scan``), the reference. :meth:`SpikeDetector.update_many` on a
-long sequence (the dashboard's first load of a 1,000,000-step run) runs ``_scan_long`` instead: numpy
-over windows of plain accepted steps, ``_scan`` itself for every step that is, or is within 1e-9
-relative of being, a spike, and for non-finite and warm-up steps. Its baselines differ from
-``_scan``'s by rounding only (<= ~1e-12 relative, measured), so it makes the same decisions unless a
-value lies within that rounding difference of a threshold; the trainer never takes this path.
+There is one implementation of the rule, ``_scan``: a tight loop over Python floats (about 1 s per
+1,000,000 steps). The dashboard does not rescan a long run each time it opens it: it keeps the
+detector's state and spikes with a columnar copy of the metrics (megatron_glm/monitor/column_cache.py)
+and feeds the detector only the steps appended since.
 
-Background (GLM-130B §4, see shared/docs/glm130b.md): grad-norm spikes preceded loss
+Background (GLM-130B §4, docs/glm130b.md): grad-norm spikes preceded loss
 collapse by a few steps; the run was rolled back and data skipped twice (40701-40900,
 42401-42600). The detector flags both kinds of event so the guard can act early.
 
@@ -193,8 +191,7 @@ def _scan(rule: SpikeRule, state: Tuple, steps: Sequence, losses: Sequence, grad
     ``None``); ``steps`` a sequence of ints.
 
     Written as a tight loop over Python floats with the state in locals: the online path calls
-    it with one-element sequences, ``update_many`` with whole sequences, and ``_scan_long`` for
-    the steps its numpy path cannot decide.
+    it with one-element sequences, ``update_many`` with whole sequences.
     """
     (n_l, m_l, v_l, p_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
     alpha = float(rule.alpha)
@@ -283,14 +280,10 @@ class SpikeDetector:
         return out[0] if out else None
 
     def update_many(self, steps: Sequence, losses: Sequence, grad_norms: Optional[Sequence] = None) -> List[Spike]:
-        """Feed many steps at once (e.g. new points of a live run); same decisions as
-        calling :meth:`update` on each (from ``_LONG`` steps on, baselines up to rounding: see
-        the module docstring)."""
+        """Feed many steps at once (e.g. new points of a live run); the same decisions as calling
+        :meth:`update` on each."""
         steps, x, gv, given = _as_arrays(steps, losses, grad_norms)
-        if len(x) >= _LONG and _block_size(self.rule.alpha) >= _MIN_BLOCK:
-            out, self._state = _scan_long(self.rule, self._state, steps, x, gv, given)
-        else:
-            out, self._state = _scan(self.rule, self._state, *_lists(steps, x, gv, given, 0, len(x)))
+        out, self._state = _scan(self.rule, self._state, *_lists(steps, x, gv, given, 0, len(x)))
         return out
 
     @property
@@ -372,137 +365,6 @@ def _lists(steps, x, gv, given, lo: int, hi: int):
     else:
         g = [v if h else None for v, h in zip(gv[lo:hi].tolist(), given[lo:hi].tolist())]
     return steps[lo:hi].tolist(), x[lo:hi].tolist(), g
-
-
-# The long-sequence path (``_scan_long``), sized on 1M-step series. _LONG, _MIN_BLOCK and the window
-# and hand-off sizes only affect speed; _TOL must stay far above the rounding difference of the numpy
-# baselines, which _GROWTH keeps small.
-_LONG = 2048  # update_many runs _scan_long from this many steps on
-_TOL = 1e-9  # relative margin: a step this close to a threshold is decided by _scan
-_GROWTH = 1e3  # cap on (1-alpha)**-B, the largest weight inside one cumulative-sum block of B steps
-_MIN_BLOCK = 16  # shorter blocks (alpha > ~0.35) are not worth numpy: update_many uses _scan
-_WINDOW0, _WINDOW_MAX = 1024, 1 << 16  # window of one numpy attempt; doubles while no spike shows
-_HAND0, _HAND_MAX = 32, 4096  # steps handed to _scan from a step numpy cannot clear
-
-
-def _block_size(alpha: float) -> int:
-    """Largest B with (1-alpha)**-B <= _GROWTH (0 for alpha = 1; at most one window), so a block's
-    cumulative sum weights its terms by at most _GROWTH and stays accurate even if they differ in sign."""
-    c = 1.0 - alpha
-    return min(_WINDOW_MAX, int(math.log(_GROWTH) / -math.log(c))) if c > 0.0 else 0
-
-
-def _powers(alpha: float) -> Tuple[np.ndarray, np.ndarray]:
-    """``(c**0 .. c**B, c**-0 .. c**-(B-1))`` for ``c = 1-alpha`` and the block size B."""
-    pw = (1.0 - alpha) ** np.arange(_block_size(alpha) + 1, dtype=np.float64)
-    return pw, 1.0 / pw[:-1]
-
-
-def _linear_scan(u: np.ndarray, y0: float, pw: np.ndarray, ipw: np.ndarray) -> np.ndarray:
-    """``y[0] = y0; y[t+1] = c*y[t] + u[t]`` for all t, as an array of len(u)+1 (``_powers``).
-
-    Inside blocks of B steps: ``y = c**j * (y_in + cumsum(u * c**-i))``; the block entries
-    ``y_in`` follow from the block sums by a Python loop over blocks (few, so cheap)."""
-    n, B = len(u), len(ipw)
-    nb = -(-n // B)
-    U = np.zeros((nb, B))
-    U.reshape(-1)[:n] = u
-    U *= ipw
-    np.cumsum(U, axis=1, out=U)
-    U *= pw[:-1]  # block-local recurrence from a zero entry state
-    cB = float(pw[-1])
-    y_in = [y0]
-    y = y0
-    for e in U[:-1, -1].tolist():
-        y = cB * y + e
-        y_in.append(y)
-    U += np.array(y_in)[:, None] * pw[1:]
-    out = np.empty(n + 1)
-    out[0] = y0
-    out[1:] = U.reshape(-1)[:n]
-    return out
-
-
-@np.errstate(all="ignore")  # NaN/Inf inputs and overflow only mark their steps bad
-def _plain_prefix(rule: SpikeRule, state: Tuple, x: np.ndarray, gv, given, pw, ipw):
-    """Numpy over a window: how many leading steps are plain accepted steps, and the state after
-    them (``run`` reset if any; ``last_step`` left to the caller).
-
-    Precondition: ``n_loss >= warmup_steps`` and every fold uses weight ``alpha`` (``n_loss >=
-    1/alpha``). Then the baselines before each step, if every step so far was accepted, are linear
-    recurrences with constant coefficient (``mu' = (1-a) mu + a x``, ``var' = (1-a) var +
-    a (x - x_prev)**2 / 2``, grad mean as ``mu``) and follow from ``_linear_scan``. A step is plain
-    unless it is non-finite, a grad norm arrives while the grad-norm baseline is still warming up,
-    or the spike conditions hold with every threshold loosened by _TOL (relative): those steps, and
-    all after the first, go to _scan."""
-    (n_l, m_l, v_l, p_l, n_g, m_g, run, r_ml, r_m2, r_ng, r_mg, last) = state
-    a = float(rule.alpha)
-    ratio = float(rule.loss_ratio)
-    m = _linear_scan(a * x, m_l, pw, ipw)
-    mb = m[:-1]
-    d = x - mb
-    change = np.diff(x, prepend=p_l)  # x - x_prev, rounded as _scan rounds it
-    v = _linear_scan((0.5 * a) * (change * change), v_l, pw, ipw)
-    err = _TOL * (np.abs(x) + np.abs(mb))  # bound on the error of d (and of ratio*mu, over ratio)
-    de = d + err
-    bad = ~(np.isfinite(x) & np.isfinite(m[1:]) & np.isfinite(v[1:]))
-    bad |= (de > rule.min_loss_delta) & (x > ratio * (mb - err)) & (
-        de * de > (rule.loss_sigmas ** 2 * (1.0 - _TOL)) * v[:-1])
-    mg = k_g = None  # grad-norm means; grad norms folded before each step (None: all were given)
-    if gv is not None:
-        g_ready = n_g >= rule.warmup_steps and n_g + 1 >= 1.0 / a
-        if given is not None:
-            k_g = np.zeros(len(x) + 1, dtype=np.int64)
-            np.cumsum(given, out=k_g[1:])
-        if g_ready:
-            mg = _linear_scan(a * (gv if given is None else gv[given]), m_g, pw, ipw)
-            mgb, mga = (mg[:-1], mg[1:]) if given is None else (mg[k_g[:-1]], mg[k_g[1:]])
-            g_bad = ~(np.isfinite(gv) & np.isfinite(mga)) | (
-                gv > rule.grad_norm_ratio * (mgb - _TOL * np.abs(mgb)))
-        else:
-            g_bad = True
-        bad |= g_bad if given is None else (given & g_bad)
-    q = int(np.argmax(bad)) if bad.any() else len(x)
-    if q == 0:
-        return 0, state
-    if mg is not None:
-        k = q if k_g is None else int(k_g[q])
-        n_g, m_g = n_g + k, float(mg[k])
-    return q, (n_l + q, float(m[q]), float(v[q]), float(x[q - 1]), n_g, m_g, 0, 0.0, 0.0, 0, 0.0, last)
-
-
-def _scan_long(rule: SpikeRule, state: Tuple, steps, x, gv, given):
-    """``_scan`` for long sequences: numpy over windows of plain accepted steps (``_plain_prefix``),
-    ``_scan`` over warm-up and over a stretch from each step numpy cannot clear. Same
-    ``(spikes, new_state)`` structure as ``_scan``.
-
-    The split only affects speed: the stretch handed to ``_scan`` doubles while numpy attempts
-    right after it advance less than the stretch (dense spikes, long spike runs), so failed
-    attempts cost at most about as much as ``_scan`` would have."""
-    pw, ipw = _powers(rule.alpha)
-    inv_alpha = 1.0 / rule.alpha
-    n = len(x)
-    out: List[Spike] = []
-    pos, win, hand = 0, _WINDOW0, _HAND0
-    while pos < n:
-        if state[0] >= rule.warmup_steps and state[0] >= inv_alpha:
-            hi = min(n, pos + win)
-            g_w = None if gv is None else gv[pos:hi]
-            h_w = None if given is None else given[pos:hi]
-            q, state = _plain_prefix(rule, state, x[pos:hi], g_w, h_w, pw, ipw)
-            pos += q
-            if q:
-                state = state[:-1] + (int(steps[pos - 1]),)
-            if pos == hi:
-                win = min(2 * win, _WINDOW_MAX)
-                continue
-            win = _WINDOW0
-            hand = _HAND0 if q >= hand else min(2 * hand, _HAND_MAX)
-        hi = min(n, pos + hand)
-        spikes, state = _scan(rule, state, *_lists(steps, x, gv, given, pos, hi))
-        out += spikes
-        pos = hi
-    return out, state
 
 
 def detect_spikes(steps, losses, grad_norms=None, rule: SpikeRule = SpikeRule()) -> List[Spike]:

@@ -5,9 +5,12 @@ Why this shape:
 
 * Columns (numpy float64, amortised growth), not records: a 1,000,000-step run is ~8 MB per key and
   any view is a slice.
-* Two-phase bulk load (``load``): step/loss/grad norm first -- enough for the loss chart and the
-  spike detector -- then every other key over exactly the same bytes (``stop_offset``) in the
-  background, so the first chart does not wait for seventeen columns.
+* A columnar cache of metrics.jsonl with the detector's state (``column_cache``): a run seen before
+  opens from memory-mapped arrays, and only what was appended since is parsed and fed to the
+  detector. Without a usable cache: a two-phase bulk load -- step/loss/grad norm first, enough for
+  the loss chart and the spike detector, then every other key over exactly the same bytes
+  (``stop_offset``) in the background, so the first chart does not wait for seventeen columns --
+  after which the cache is written (runs of at least CACHE_MIN_ROWS rows).
 * Tailing afterwards goes line by line through the schema's tolerant reader: new keys (a new
   ``loss/<source>``) just appear, bad lines are counted with their location, and a half-written
   last line waits for its newline.
@@ -31,14 +34,17 @@ import numpy as np
 import yaml
 
 from megatron_glm.metrics import schema
-from megatron_glm.monitor.downsample import bucket_points, envelope, insert_points
 from megatron_glm.metrics.spikes import SpikeDetector, SpikeRule
+from megatron_glm.monitor import column_cache
+from megatron_glm.monitor.downsample import bucket_points, envelope, insert_points
 from megatron_glm.monitor.textlog import TextLogParser
 
 PHASE1_KEYS = ("step", "loss", "grad_norm")
 NOT_LOGGED = -1.0  # what a JSON null grad norm reads as in phase 1 ("not logged", unlike NaN)
 _SAMPLE_BYTES = 1 << 16  # head and tail of metrics.jsonl scanned for the keys a run logs
 _PHASE2_BYTES = 8 << 20  # background loading works in slices of this size
+CACHE_MIN_ROWS = 10_000
+"""Runs with fewer rows load fast enough without a column cache (and get none written)."""
 
 
 class Activity:
@@ -152,6 +158,10 @@ class RunStore:
         self.load_seconds = math.nan
         self._last_refresh = 0.0
         self._phase1_keep, self._phase1_rows, self._phase1_prefix = np.arange(0), 0, 0
+        self._phase1_raw: dict[str, np.ndarray] = {}
+        self._phase1_detected: tuple = ({}, [], 0, [])  # detector state, spikes, bad lines, errors after phase 1
+        self.from_cache = False
+        """The last load started from the column cache."""
         self._generation = getattr(self, "_generation", 0) + 1
 
     # ---------------------------------------------------------------- loading and tailing
@@ -198,21 +208,59 @@ class RunStore:
         return list(keys)
 
     def _load_phase1(self) -> None:
+        cached = column_cache.load(self.path, self.rule)
+        if cached is not None:
+            self._load_cached(cached)
+            return
         chunk = schema.read_metric_columns(self.path, PHASE1_KEYS, null=NOT_LOGGED)
         self._count_bad(chunk)
         self.metrics_offset = self._phase1_offset = chunk.next_offset
-        data = chunk.data
-        # NOT_LOGGED marks a missing or null value: a step then cannot be placed (a bad line, e.g. a
-        # JSON line of another program), and a loss reads as NaN, as the tail path reads it.
-        steps = np.where(data["step"] == NOT_LOGGED, np.nan, data["step"])
-        loss = np.where(data["loss"] == NOT_LOGGED, np.nan, data["loss"])
-        valid = np.flatnonzero(np.isfinite(steps))
-        self.bad_lines += len(steps) - len(valid)  # a line whose step is not a number
-        keep = self._ingest(steps[valid], loss[valid], data["grad_norm"][valid], {})
-        self._phase1_keep, self._phase1_rows, self._phase1_prefix = valid[keep], len(data["step"]), self.n
+        self._phase1_raw = chunk.data
+        valid = self._ingest_raw(chunk.data, detect=True)
+        self._phase1_keep, self._phase1_rows, self._phase1_prefix = valid, len(chunk.data["step"]), self.n
+        self._phase1_detected = (self.detector.state_dict(), list(self.spikes), self.bad_lines, list(self.errors))
         self.pending_keys = tuple(k for k in self._metrics_dir_keys() if k not in PHASE1_KEYS)
         for k in self.pending_keys:
             self.cols.setdefault(k, _Column(self.n))
+        self.version += 1
+
+    def _ingest_raw(self, data: dict[str, np.ndarray], detect: bool) -> np.ndarray:
+        """Rows as read (phase-1 keys with NOT_LOGGED for null, other keys NaN), in file order.
+        Returns the indices of the rows kept. A row without a usable step cannot be placed (a
+        bad line, e.g. a JSON line of another program); a missing loss reads as NaN."""
+        steps = np.where(data["step"] == NOT_LOGGED, np.nan, data["step"])
+        loss = np.where(data["loss"] == NOT_LOGGED, np.nan, data["loss"])
+        valid = np.flatnonzero(np.isfinite(steps))
+        self.bad_lines += len(steps) - len(valid)
+        rows = (lambda v: np.asarray(v)) if len(valid) == len(steps) else (lambda v: np.asarray(v)[valid])
+        other = {k: rows(v) for k, v in data.items() if k not in PHASE1_KEYS}
+        keep = self._ingest(rows(steps), rows(loss), rows(data["grad_norm"]), other, detect=detect)
+        return valid[keep]
+
+    def _load_cached(self, cached: column_cache.CachedColumns) -> None:
+        """The cached rows as they are, then the rows appended since through the detector; the
+        cache is written again in the background when the appended part has grown large."""
+        self.from_cache = True
+        keys = list(dict.fromkeys([*cached.columns, *self._metrics_dir_keys()]))
+        head = {k: cached.columns[k] if k in cached.columns else np.full(cached.rows, np.nan) for k in keys}
+        self.detector.load_state_dict(cached.detector_state)
+        self.spikes = list(cached.spikes)
+        self._ingest_raw(head, detect=False)
+        self.bad_lines, self.errors = cached.bad_lines, list(cached.errors)  # the head's, counted when cached
+        tail = schema.read_metric_columns(self.path, PHASE1_KEYS, cached.offset, null=NOT_LOGGED)
+        others = [k for k in keys if k not in PHASE1_KEYS]
+        rest = schema.read_metric_columns(self.path, others, cached.offset, stop_offset=tail.next_offset)
+        self._count_bad(tail)
+        tail_data = {**tail.data, **rest.data}
+        self.metrics_offset = tail.next_offset
+        self._ingest_raw(tail_data, detect=True)
+        tail_rows = len(tail.data["step"])
+        if tail_rows >= max(CACHE_MIN_ROWS, cached.rows // 4):
+            rows = {k: np.concatenate([np.asarray(head[k]), tail_data[k]]) for k in keys}
+            fresh = column_cache.CachedColumns(tail.next_offset, rows, self.detector.state_dict(), list(self.spikes),
+                                               self.bad_lines, list(self.errors))
+            threading.Thread(target=column_cache.save, args=(self.path, self.rule, fresh), daemon=True,
+                             name=f"glm-monitor-cache-{self.name}").start()
         self.version += 1
 
     def _load_phase2(self, generation: int) -> None:
@@ -246,6 +294,12 @@ class RunStore:
                 self.cols[k].buf[: len(idx)] = data[k][idx]
             self.pending_keys = ()
             self.version += 1
+            state, spikes, bad_lines, errors = self._phase1_detected
+            rows = {**self._phase1_raw, **data}
+            self._phase1_raw = {}
+        if self._phase1_rows >= CACHE_MIN_ROWS:
+            column_cache.save(self.path, self.rule, column_cache.CachedColumns(stop, rows, state, spikes, bad_lines,
+                                                                               errors))
 
     def _count_bad(self, chunk) -> None:
         self.bad_lines += chunk.corrupt_lines
@@ -253,8 +307,9 @@ class RunStore:
             if len(self.errors) < 50:
                 self.errors.append(e)
 
-    def _ingest(self, steps, loss, grad_norm, other: dict[str, np.ndarray]) -> np.ndarray:
-        """Append rows (file order): detector first, then supersede and keep. Returns the kept indices."""
+    def _ingest(self, steps, loss, grad_norm, other: dict[str, np.ndarray], detect: bool = True) -> np.ndarray:
+        """Append rows (file order): detector first (unless their spikes are known: the column
+        cache), then supersede and keep. Returns the kept indices."""
         ok = np.isfinite(steps)
         if not ok.all():  # a line whose step is not a number cannot be placed on the x axis
             self.bad_lines += int((~ok).sum())
@@ -262,11 +317,12 @@ class RunStore:
             other = {k: v[ok] for k, v in other.items()}
         if not len(steps):
             return np.arange(0)
-        g = grad_norm
-        if (g == NOT_LOGGED).any():
-            g = [None if v == NOT_LOGGED else v for v in g.tolist()]
-        for s in self.detector.update_many(steps.astype(np.int64), loss, g):
-            self.spikes.append(s.as_dict())
+        if detect:
+            g = grad_norm
+            if (g == NOT_LOGGED).any():
+                g = [None if v == NOT_LOGGED else v for v in g.tolist()]
+            for s in self.detector.update_many(steps.astype(np.int64), loss, g):
+                self.spikes.append(s.as_dict())
         keep = _keep_last_per_step(steps)
         cut = int(np.searchsorted(self.cols["step"].values, steps.min(), "left"))
         self.superseded += (self.n - cut) + (len(steps) - len(keep))
