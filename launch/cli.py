@@ -15,16 +15,19 @@
                       [--set cluster.key=value] [--dry-run] [dotted.key=value ...]
         validate (config at the cluster's world size, data readable, run dir writable, the plan
         fits), render RUN_DIR/slurm/job.sbatch and `sbatch --parsable` it; prints the job id.
-        --dry-run prints the script and writes nothing.
+        --dry-run prints the script and writes nothing. Exit 0 submitted (or printed), 2 refused
+        (nothing written), otherwise sbatch's exit code.
 
     glm-launch status RUN_DIR [--json]
         job state, last step and its time, last checkpoint, restarts so far, and the nodes the job
-        hooks excluded after a hang, a failed pre-flight check or a crash (with why).
+        hooks excluded after a hang, a failed pre-flight check or a crash (with why). Exit 0, or 2
+        when RUN_DIR is no run directory.
 
     glm-launch prep --cluster NAME --input FILES... --output-prefix P --tokenizer-model M
                     [--shards N] [--dry-run] [-- glm-prep tokenize arguments]
         a Slurm job array of `glm-prep tokenize --shard i/N` plus a merge job that runs after
-        every shard succeeded; prints the two job ids.
+        every shard succeeded; prints the two job ids. Exit 0 submitted, 2 refused, otherwise
+        sbatch's exit code.
 """
 
 from __future__ import annotations
@@ -190,9 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cluster", required=True, help="cluster profile (dgx-a100-96, local-slurm, local) or YAML")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a cluster profile field, e.g. --set device.memory_gb=80")
-    for name, help_text in (("tp", "tensor parallel"), ("pp", "pipeline parallel"), ("dp", "data parallel"),
-                            ("vpp", "virtual pipeline chunks per rank"), ("mbs", "micro-batch size"),
-                            ("gbs", "global batch size")):
+    for name, help_text in (
+            ("tp", "tensor parallel (default: the run's; with a bare model preset and no --pp: searched)"),
+            ("pp", "pipeline parallel, lighter first/last stages where the layers do not divide (default: the "
+                   "run's; with a bare model preset and no --tp: searched)"),
+            ("dp", "data parallel (default: the GPUs TP x PP leaves)"),
+            ("vpp", "virtual pipeline chunks per rank (default: the run's, else 1)"),
+            ("mbs", "micro-batch size (default: the run's; GLM-130B recipe: 1; searched when searching)"),
+            ("gbs", "global batch size (default: the run's; GLM-130B recipe: 4224)")):
         plan.add_argument(f"--{name}", type=int, default=None, help=help_text)
     plan.add_argument("--recompute", choices=get_args(RecomputeGranularity), default=None,
                       help="activation recompute (default: the run's; GLM-130B recipe: full)")
@@ -211,30 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--run-dir", required=True, help="run directory (shared filesystem)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a cluster profile field, e.g. --set slurm.partition=batch")
-    sub.add_argument("--time", default=None, help="time limit per allocation (Slurm format, e.g. 04:00:00)")
+    sub.add_argument("--time", default=None, help="time limit per allocation (Slurm format, e.g. 04:00:00; "
+                                                    "default: the cluster profile's slurm.time_limit)")
     sub.add_argument("--signal-seconds", type=int, default=None,
-                     help="USR1 this many seconds before the time limit (checkpoint and requeue)")
-    sub.add_argument("--job-name", default=None)
+                     help="USR1 this many seconds before the time limit, to checkpoint and requeue (default: the "
+                          "cluster profile's slurm.signal_seconds)")
+    sub.add_argument("--job-name", default=None, help="Slurm job name (default: glm-<run dir name>)")
     sub.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
     sub.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run config")
     sub.set_defaults(handler=_submit)
 
     prep = commands.add_parser("prep", help="glm-prep tokenize as a Slurm job array plus a merge job")
-    prep.add_argument("--cluster", required=True)
+    prep.add_argument("--cluster", required=True, help="cluster profile (dgx-a100-96, local-slurm) or YAML")
     prep.add_argument("--input", nargs="+", required=True, help="input files or globs (one shard per file by default)")
     prep.add_argument("--output-prefix", required=True, help="the merged dataset PREFIX.bin/.idx")
-    prep.add_argument("--tokenizer-model", required=True)
+    prep.add_argument("--tokenizer-model", required=True, help="the sentencepiece .model every shard tokenises with")
     prep.add_argument("--shards", type=int, default=None, help="array size (default: one per input file)")
     prep.add_argument("--log-dir", default=None, help="scripts and job logs (default PREFIX.slurm/)")
     prep.add_argument("--time", default="04:00:00", help="time limit of each task")
-    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    prep.add_argument("--dry-run", action="store_true")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a cluster profile field, e.g. --set slurm.partition=cpu")
+    prep.add_argument("--dry-run", action="store_true", help="print the two scripts; write and submit nothing")
     prep.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     prep.set_defaults(handler=_prep)
 
     status = commands.add_parser("status", help="job state, last step, last checkpoint, restarts, excluded nodes")
-    status.add_argument("run_dir")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("run_dir", help="the --run-dir of a run (local or submitted)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=_status)
     return parser
 
