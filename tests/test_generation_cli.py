@@ -108,3 +108,27 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, small, demo_tokenizer
         assert message in err and err.strip().count("\n") == 0 and err.startswith("glm-generate: error:"), err
         assert "Traceback" not in err
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
+
+
+def test_run_directory_gives_tokenizer_specials_and_length(capsys, tmp_path, textual, demo_tokenizer):
+    """A run directory (config.yaml + checkpoints/, as glm-train writes them): the tokenizer, its
+    special ids (eos = </s>) and the sequence length come from the run config."""
+    import yaml
+
+    from checkpoints.convert import convert
+    from checkpoints.formats.base import WriteOptions
+    from megatron_glm.inference import load_inference_model
+
+    run = tmp_path / "run"
+    convert(str(textual), str(run / "checkpoints"), "dist", WriteOptions(), progress=False)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"seq_length": 48},
+                                                     "data": {"tokenizer_model": demo_tokenizer.model_file}}))
+    model = load_inference_model(str(run))
+    try:
+        assert model.max_sequence_length == 48 and model.tokenizer is not None
+        assert model.special == {**demo_tokenizer.special.as_dict(), "eos": demo_tokenizer.sp.eos_id()}
+    finally:
+        model.close()
+    code, out, err = _cli(capsys, run, "--prompt", "The history of", "--max-new-tokens", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["text"].startswith("The history of")
