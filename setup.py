@@ -27,6 +27,7 @@ setup(
     extras_require={
         "cpu": ["torch==2.13.0"],
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "lm-eval": ["lm-eval==0.4.13"],
     },
     entry_points={
         "console_scripts": [

@@ -33,6 +33,7 @@ COVERED = {
     "pip install": ".ci/run installs from scratch; the container path is documentation",
     "glm-launch run tiny-cpu": "make demo (above) and tests/test_launch_run.py",
     "glm-monitor serve": "a server: tests/test_monitor_server.py and tests/browser/",
+    "python -m megatron_glm.integrations.lm_eval": "the harness's parser in tests/test_lm_eval_adapter.py",
 }
 RUNS_AS_WRITTEN = ("glm-train describe", "glm-launch plan", "glm-launch submit", "glm-launch status", "touch ")
 
