@@ -101,6 +101,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, small, demo_tokenizer
         ([checkpoint, "--input-ids", "1 two"], "expected token ids"),
         ([checkpoint, "--input-ids", "1 2", "--special-token-ids", "bos=1"], "bad special-token id"),
         ([checkpoint, "--input-ids", "1 2", "--tp", "2"], "needs 2 ranks"),
+        ([checkpoint, "--input-ids", "1 2", "--banned-token-ids", "a"], "--banned-token-ids: expected token ids"),
     ]
     for args, message in cases:
         code, out, err = _cli(capsys, *args)

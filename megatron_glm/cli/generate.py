@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--stochastic-beams", action="store_true",
                      help="beam: sample the candidates (GLM-130B's generate.py) instead of taking the top ones")
     gen.add_argument("--seed", type=int, default=1234, help="sample, --stochastic-beams")
+    gen.add_argument("--banned-token-ids", default="", help="ids never generated, e.g. \"5 9\" (default: none)")
+    gen.add_argument("--end-token-ids", default="",
+                     help="ids that end a blank (default: the model's eop and eos, as GLM-130B)")
     model = parser.add_argument_group("model")
     model.add_argument("--max-sequence-length", type=int,
                        help="positions available (default: the run's model.seq_length, else 2048)")
@@ -180,7 +183,9 @@ def _run(args) -> int:
         strategy=args.strategy, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, num_beams=args.num_beams,
         length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        deterministic=not args.stochastic_beams)
+        deterministic=not args.stochastic_beams,
+        banned_token_ids=_parse_ids(args.banned_token_ids, "--banned-token-ids") if args.banned_token_ids else (),
+        end_tokens=_parse_ids(args.end_token_ids, "--end-token-ids") if args.end_token_ids else None)
     config.check()
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
