@@ -11,7 +11,7 @@ import torch
 from generation_fixtures import SPECIAL, reference, reference_generate, tiny_shape, tiny_weights, write_safetensors
 from megatron_glm.inference import (Context, GenerationConfig, InferenceError, generate, generate_batch,
                                     load_inference_model, parse_special_token_ids)
-from megatron_glm.inference.generation import BeamSearch, blank_context, fill, prepare_input
+from megatron_glm.inference.generation import blank_context, fill, prepare_input
 
 VOCAB = 128
 TIGHT = 3e-4

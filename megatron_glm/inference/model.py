@@ -31,7 +31,6 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 import torch.distributed as dist
 
-from checkpoints.errors import CheckpointError
 
 SPECIAL_TOKEN_NAMES = ("pad", "mask", "gmask", "smask", "eod", "sop", "eop", "eos")
 """The special tokens generation needs: GLM's seven (megatron_glm.data.tokenizer) plus `eos`, which

@@ -13,8 +13,6 @@ GLM-130B's cache holds keys after RoPE (SAT `mem_kv`, docs/generation.md).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.transformer.attention import SelfAttention
 
