@@ -73,7 +73,7 @@ ORDERLY_EXITS = (ExitCode.DONE, ExitCode.BAD_INPUT, ExitCode.REQUEUE)
 """Exits a rank chooses together with the others: peers get a grace period to follow."""
 
 EVENT_KINDS = ("start", "restart", "checkpoint_saved", "checkpoint_loaded", "checkpoint_corrupt",
-               "checkpoint_fallback", "spike", "rollback", "skip", "stop", "error")
+               "checkpoint_fallback", "spike", "rollback", "skip", "stop", "error", "downstream_eval")
 STARTED_KINDS = ("start", "restart")
 
 _CHECKPOINT_NAME = re.compile(r"^iter_(\d{7,})(\.tmp)?$")

@@ -33,6 +33,8 @@ EVENTS = [
     dict(step=5, kind="restart", message="", world_size=4, layout=dict(tp=1, pp=2, dp=2, vpp=1)),
     dict(step=9, kind="error", message="NCCL timeout"),
     dict(step=9, kind="stop", message="bye", reason="error", exit_code=1),
+    dict(step=8, kind="downstream_eval", message="downstream evaluation at step 8",
+         metrics={"eval/demo-choice/Accuracy": 60.0, "eval/demo-lm/PPL": 1226.5}, seconds=0.2),
 ]
 
 
@@ -97,7 +99,8 @@ def test_missing_metric_field_is_named(key):
 
 def test_metric_types(tmp_path):
     S.validate_metric(metric(1, grad_norm=None, mfu=None, val_loss=None, loss=float("nan")))
-    for bad in (dict(step=1.5), dict(loss=None), dict(skipped=True), dict(lr="1e-4"), dict(**{"loss/x": "a"})):
+    for bad in (dict(step=1.5), dict(loss=None), dict(skipped=True), dict(lr="1e-4"), dict(**{"loss/x": "a"}),
+                dict(**{"eval/t/Accuracy": "a"})):
         with pytest.raises(S.SchemaError, match=f"field '{next(iter(bad))}'"):
             S.validate_metric(metric(1, **bad))
     with S.MetricsWriter(tmp_path) as w, pytest.raises(S.SchemaError) as e:

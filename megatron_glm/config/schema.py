@@ -206,6 +206,14 @@ class TrainConfig:
     """Steps between validation runs (0: only at the end)."""
     eval_batches: int = 1
     """Global batches of held-out data per validation (the same batches every time)."""
+    eval_tasks: List[str] = field(default_factory=list)
+    """Downstream tasks evaluated on the live model during training: GLM-130B-format task YAML files
+    or folders of them (the files `glm-eval` reads; relative paths from the working directory, like
+    the data paths). Results are `eval/<task>/<metric>` in metrics.jsonl and a `downstream_eval`
+    event (megatron_glm/training/downstream.py)."""
+    downstream_eval_interval: int = 0
+    """Steps between downstream evaluations of `eval_tasks` (0: only at the end; they always run at
+    the end when `eval_tasks` is set)."""
     save_interval: int = 0
     """Steps between checkpoints (0: only at the end and on a stop signal)."""
     keep_last: int = 3

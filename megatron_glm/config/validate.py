@@ -153,6 +153,10 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None, trainin
         problems.extend(_training_data_problems(config))
         problems.extend(_init_from_problems(config.train.init_from))
     problems.extend(_train_problems(config, world_size))
+    if not (config.data.tokenizer_model and not os.path.isfile(config.data.tokenizer_model)):
+        from megatron_glm.training.downstream import eval_task_problems
+
+        problems.extend(eval_task_problems(config))
     problems.extend(_choice_problems(config))
     if world_size is not None:
         model_parallel = par.tensor * par.pipeline

@@ -24,6 +24,8 @@ mfu                 float   yes    model FLOPs utilisation, 0..1
 mem_gb              float   yes    peak device memory, GiB
 val_loss            float   yes    only on lines where validation ran
 loss/<source>       float   yes    per-data-source loss, where known
+eval/<task>/...     float   yes    downstream scores (train.eval_tasks), only on
+                                   lines where that evaluation ran
 ==================  ======  =====  ==============================================
 
 Other keys are allowed. ``RUN_DIR/events.jsonl`` -- rare, important happenings: ``time``, ``step``,
@@ -32,7 +34,9 @@ start/restart: world_size, layout {tp, pp, dp, vpp}; checkpoint_saved/_loaded: p
 checkpoint_corrupt (a checkpoint differs from its manifest; not loaded): path, file;
 checkpoint_fallback (`latest` unusable or corrupt: resuming from an older checkpoint); spike: loss,
 grad_norm, baseline_loss, baseline_grad_norm, action; skip: first_sample, last_sample; rollback:
-path, to_step; stop: reason, exit_code; error: nothing beyond message.
+path, to_step; stop: reason, exit_code; error: nothing beyond message; downstream_eval (one per
+evaluation of train.eval_tasks): metrics ({"eval/<task>/<metric>": number}, the numbers that step's
+metrics line carries), seconds.
 
 Non-finite floats: Python's json writes ``NaN``/``Infinity`` tokens, which are not JSON and which a
 browser's JSON.parse rejects, and null would lose "the loss was NaN" (the very thing a spike
@@ -67,7 +71,8 @@ INT_METRIC_KEYS = frozenset({"step", "consumed_samples", "tokens", "skipped", "n
 NULLABLE_METRIC_KEYS = frozenset({"grad_norm", "param_norm", "loss_scale", "val_loss", "mfu",
                                   "tflops_per_gpu", "mem_gb"})
 REQUIRED_EVENT_KEYS = ("time", "step", "kind", "message")
-# type tags: "int", "num" (int/float, non-finite ok), "num?" (also None), "str", "layout".
+# type tags: "int", "num" (int/float, non-finite ok), "num?" (also None), "str", "layout", "metrics" (a
+# dict of name -> number or null).
 _LAYOUT = {"world_size": "int", "layout": "layout"}
 EVENT_FIELDS: dict[str, dict[str, str]] = {
     "start": _LAYOUT, "restart": _LAYOUT,
@@ -79,6 +84,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     "rollback": {"path": "str", "to_step": "int"},
     "stop": {"reason": "str", "exit_code": "int"},
     "error": {},
+    "downstream_eval": {"metrics": "metrics", "seconds": "num"},
 }
 LAYOUT_KEYS = ("tp", "pp", "dp", "vpp")  # vpp may be null (no interleaving)
 _TO_MARKER = {math.inf: "inf", -math.inf: "-inf"}
@@ -98,6 +104,12 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and not isinstance(v, (int, float, str)) else v
 
 
+def _metric_value(x: Any) -> bool:
+    """A number, null, or a non-finite marker ("nan", "inf", "-inf") inside a nested metrics dict."""
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) or (
+        isinstance(x, str) and x in _FROM_MARKER)
+
+
 def _check(rec: dict, key: str, tag: str, where: str) -> None:
     if key not in rec:
         raise SchemaError(key, "missing", where)
@@ -107,7 +119,8 @@ def _check(rec: dict, key: str, tag: str, where: str) -> None:
     number = isinstance(v, (int, float)) and not isinstance(v, bool)
     ok = {"int": number and isinstance(v, int), "num": number, "num?": number, "str": isinstance(v, str),
           "layout": isinstance(v, dict) and all(isinstance(v.get(k), int) or (k == "vpp" and v.get(k, 0) is None)
-                                                for k in LAYOUT_KEYS)}[tag]
+                                                for k in LAYOUT_KEYS),
+          "metrics": isinstance(v, dict) and all(isinstance(k, str) and _metric_value(x) for k, x in v.items())}[tag]
     if not ok:
         want = "dict with int " + "/".join(LAYOUT_KEYS) if tag == "layout" else tag.rstrip("?")
         raise SchemaError(key, f"expected {want}{' or null' if tag.endswith('?') else ''}, got {v!r}", where)
@@ -123,7 +136,7 @@ def validate_metric(record: dict, where: str = "") -> dict:
     for k in rec:
         if not isinstance(k, str):
             raise SchemaError(repr(k), "keys must be strings", where)
-        if k == "val_loss" or k.startswith("loss/"):
+        if k == "val_loss" or k.startswith(("loss/", "eval/")):
             _check(rec, k, "num?", where)
     return {**{k: rec[k] for k in REQUIRED_METRIC_KEYS}, **rec}
 

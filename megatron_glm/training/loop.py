@@ -174,6 +174,11 @@ class Trainer:
         self.async_saves = AsyncCallsQueue() if self.train.async_save else None
         self.watchdog: Optional[HangWatchdog] = None
         """Set by run_training; told of progress after every step and around saves."""
+        self.downstream = None
+        if self.train.eval_tasks:  # validated before start; the tasks' data is read once more here
+            from megatron_glm.training.downstream import DownstreamEvaluator
+
+            self.downstream = DownstreamEvaluator(run, self.model)
 
     # --- events and checkpoints ------------------------------------------------------------
     def _event(self, kind: str, message: str, step: Optional[int] = None, **fields) -> None:
@@ -331,7 +336,7 @@ class Trainer:
         return record
 
     # --- metrics ---------------------------------------------------------------------------
-    def _write_metrics(self, record: dict, val_loss: Optional[float]) -> None:
+    def _write_metrics(self, record: dict, val_loss: Optional[float], downstream: Optional[dict] = None) -> None:
         """Collective (the parameter norm is all-reduced); only the writer rank writes."""
         param_norm = _param_norm(self.model)
         if self.metrics is None:
@@ -353,6 +358,7 @@ class Trainer:
         line.update(record["source_losses"])
         if val_loss is not None:
             line["val_loss"] = val_loss
+        line.update(downstream or {})
         line = self.metrics.write(line)
         if self.tensorboard is not None:
             self.tensorboard.metrics(line)
@@ -360,6 +366,17 @@ class Trainer:
                  self.state.step, self.train.steps, line["loss"],
                  "-" if line["grad_norm"] is None else f"{line['grad_norm']:.3f}", line["lr"],
                  seconds, line["tokens_per_s"], "" if val_loss is None else f" | val loss {val_loss:.4f}")
+
+    def _downstream_eval(self) -> dict:
+        """Collective: train.eval_tasks on the live model -> {"eval/<task>/<metric>": value}, and a
+        `downstream_eval` event with the same numbers (megatron_glm/training/downstream.py)."""
+        metrics, seconds = self.downstream.evaluate()
+        scores = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items())
+        self._event("downstream_eval", f"downstream evaluation at step {self.state.step}: {scores}",
+                    metrics=metrics, seconds=round(seconds, 3))
+        if dist.get_rank() == 0:
+            log.info("step %d | downstream eval (%.1f s) | %s", self.state.step, seconds, scores)
+        return metrics
 
     def _validate(self) -> Optional[float]:
         batches = self.data.validation_batches()
@@ -400,10 +417,14 @@ class Trainer:
             evaluate_now = last or (self.train.eval_interval and self.state.step % self.train.eval_interval == 0)
             val_loss = self._validate() if evaluate_now and not record.get("rolled_back") else None
             self._alive()
+            downstream = (self._downstream_eval() if self.downstream is not None and not record.get("rolled_back")
+                          and self.downstream.due(self.state.step, last) else None)
+            if downstream is not None:
+                self._alive()
             # _param_norm and the metrics line involve collectives: every rank calls them.
             if record.get("rolled_back") is None and (last or self.state.step % self.train.log_interval == 0
-                                                      or val_loss is not None):
-                self._write_metrics(record, val_loss)
+                                                      or val_loss is not None or downstream is not None):
+                self._write_metrics(record, val_loss, downstream)
             if self.train.save_interval and self.state.step % self.train.save_interval == 0 and not last:
                 self.save()
             self.finish_saves(blocking=False)
