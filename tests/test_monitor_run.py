@@ -327,3 +327,21 @@ def test_why_a_run_has_no_metrics(tmp_path):
     assert "no usable line in metrics.jsonl (1 bad line(s)" in loaded(run).missing_metrics()
     write(run, [record(1)])
     assert loaded(run).missing_metrics() is None
+
+
+def test_downstream_scores_logged_mid_file_are_charted(tmp_path):
+    """eval/<task>/<metric> keys appear on a few lines only (train.eval_tasks): found through the
+    run's downstream_eval events even when no such line is in the first or last 64 KiB, and served
+    as their own series (the dashboard draws one chart per key)."""
+    scores = {1000: 40.0, 2000: 55.0}
+    write(tmp_path, [record(i, **({"eval/demo-choice/Accuracy": scores[i]} if i in scores else {}))
+                     for i in range(1, 3001)])
+    with schema.EventsWriter(tmp_path) as ev:
+        for step, value in scores.items():
+            ev.write({"time": 1.7e9 + step, "step": step, "kind": "downstream_eval", "message": "downstream",
+                      "metrics": {"eval/demo-choice/Accuracy": value}, "seconds": 0.5})
+    store = loaded(tmp_path)
+    assert "eval/demo-choice/Accuracy" in store.summary()["keys"]
+    view = store.series(["eval/demo-choice/Accuracy"], None, None, 4000)["keys"]["eval/demo-choice/Accuracy"]
+    points = [(x, y) for x, y in zip(view["x"], view["y"]) if not math.isnan(y)]
+    assert points == [(1000, 40.0), (2000, 55.0)]

@@ -185,9 +185,14 @@ class RunStore:
                 self._load_phase2(self._generation)
 
     def _metrics_dir_keys(self) -> list[str]:
-        """Keys logged by this run: the schema's, plus any seen in the first and last 64 KiB."""
+        """Keys logged by this run: the schema's, the downstream scores its `downstream_eval` events
+        name (logged on a few lines anywhere in the file), plus any seen in the first and last 64 KiB."""
         keys = dict.fromkeys(schema.REQUIRED_METRIC_KEYS)
         keys["val_loss"] = None
+        if os.path.isfile(os.path.join(self.path, schema.EVENTS_FILE)):
+            for event in schema.read_events(self.path).data:
+                if event.get("kind") == "downstream_eval" and isinstance(event.get("metrics"), dict):
+                    keys.update(dict.fromkeys(k for k in event["metrics"] if isinstance(k, str)))
         path = os.path.join(self.path, schema.METRICS_FILE)
         try:
             size = os.path.getsize(path)

@@ -1,7 +1,7 @@
 """Print a run's progress from its metrics and events: `python -m megatron_glm.training.summary RUN_DIR`.
 
-Used by the README main job to show that the loss fell and that the run resumed; the dashboard
-(glm-monitor) is the full view.
+Used by the README main job to show that the loss fell, that the run resumed and its last downstream
+scores (train.eval_tasks); the dashboard (glm-monitor) is the full view.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def summarize(run_dir: str) -> dict:
     records, _ = read_metrics(run_dir)
     events, _ = read_events(run_dir)
     validation = [r for r in records if r.get("val_loss") is not None]
+    downstream = [r for r in records if any(k.startswith("eval/") for k in r)]
     start = next((e for e in events if e["kind"] == "start"), {})
     return {
         "step0_val_loss": start.get("val_loss"),
@@ -26,6 +27,11 @@ def summarize(run_dir: str) -> dict:
         "restarts": sum(1 for e in events if e["kind"] == "restart"),
         "checkpoints_saved": sum(1 for e in events if e["kind"] == "checkpoint_saved"),
         "spikes": sum(1 for e in events if e["kind"] == "spike"),
+        # the last downstream evaluation (train.eval_tasks): {"step": N, "<task>/<metric>": value, ...}
+        "downstream_eval": ({"step": downstream[-1]["step"],
+                             **{k[5:]: round(v, 4) for k, v in downstream[-1].items()
+                                if k.startswith("eval/") and isinstance(v, (int, float))}}
+                            if downstream else None),
     }
 
 

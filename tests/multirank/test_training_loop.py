@@ -30,13 +30,47 @@ def _losses(run_dir):
     return {r["step"]: r["loss"] for r in records}
 
 
+# Downstream tasks in GLM-130B's format with token ids (synthetic data has no tokenizer; its specials
+# are mask 995, gmask 996, sop 997, eop 998 of glm-tiny's 1000 ids): multiple choice (two groups),
+# greedy generation through the KV cache, LM windows.
+EVAL_SPECIALS = "pad=0,mask=995,gmask=996,smask=994,eod=999,sop=997,eop=998"
+EVAL_TASKS = {
+    "choice.yaml": "name: ids-choice\ntype: mul\npath: data/choice\nfile-pattern: {a: 'a*.jsonl', b: 'b*.jsonl'}\n"
+                   "max_seq_length: 64\nmicro_batch_size: 2\n",
+    "gen.yaml": "name: ids-gen\ntype: gen\npath: data/gen\nuse_task_mask: true\nmax_seq_length: 64\nmax_gen_length: 4\n",
+    "lm.yaml": "name: ids-lm\ntype: lm\npath: data/lm\nuse_task_mask: true\nmax_seq_length: 32\ngeneration_length: 8\n",
+}
+
+
+def _eval_overrides(workdir):
+    import random
+
+    tasks = workdir / "eval_tasks"
+    rng = random.Random(0)
+    ids = lambda n: [rng.randrange(1, 990) for _ in range(n)]  # noqa: E731
+    lines = {
+        "choice/a.jsonl": [{"inputs": ids(rng.randrange(5, 20)), "choices": [ids(rng.randrange(1, 4)) for _ in range(3)],
+                            "label": rng.randrange(3)} for _ in range(5)],
+        "choice/b.jsonl": [{"inputs": ids(12), "choices": [ids(2), ids(1)], "label": rng.randrange(2)} for _ in range(3)],
+        "gen/a.jsonl": [{"inputs": ids(10), "targets": [ids(2)]} for _ in range(3)],
+        "lm/a.jsonl": [{"text": ids(50)} for _ in range(2)],
+    }
+    for name, records in lines.items():
+        (tasks / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tasks / "data" / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    for name, text in EVAL_TASKS.items():
+        (tasks / name).write_text(text)
+    return [f"train.eval_tasks=[{tasks}]", "train.downstream_eval_interval=4"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("loop")
     results = {}
-    results["straight"] = _train(workdir, workdir / "straight", 4, *TP2_PP2)
-    results["first_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2, "train.steps=4")
-    results["second_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2)
+    evals = _eval_overrides(workdir)  # the straight and resumed runs evaluate at steps 4 and 8; async does not
+    results["straight"] = _train(workdir, workdir / "straight", 4, *TP2_PP2, *evals)
+    results["first_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2, "train.steps=4", *evals)
+    results["second_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2, *evals)
     results["first_half_other"] = _train(workdir, workdir / "other", 4, *TP2_PP2, "train.steps=4")
     results["second_half_other"] = _train(workdir, workdir / "other", 2)  # TP1 x PP1 x DP2
     results["first_half_async"] = _train(workdir, workdir / "async", 4, *TP2_PP2, "train.steps=4",
@@ -72,6 +106,41 @@ def test_resume_is_bitwise_exact(runs):
     assert sorted(resumed) == list(range(1, 9))
     for step in range(1, 9):
         assert resumed[step] == straight[step], step
+
+
+def _eval_lines(run_dir):
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")}
+            for r in read_metrics(run_dir, validate=True)[0] if any(k.startswith("eval/") for k in r)}
+
+
+def test_downstream_eval_on_the_live_model_equals_glm_eval_on_the_checkpoint(runs):
+    """train.eval_tasks at TP2 x PP2: the numbers logged at step 8 are glm-eval's on the step-8
+    checkpoint (read at TP1); every evaluation also has its event; the run that stopped at step 4
+    and resumed logged the same numbers as the straight one (and, in test_async_..., the straight
+    run's losses equal those of a run without evaluations: it changed nothing in training)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from megatron_glm.training.downstream import flatten_results
+
+    workdir, _ = runs
+    live = _eval_lines(workdir / "straight")
+    assert sorted(live) == [4, 8]
+    assert set(live[8]) == {"eval/ids-choice/Accuracy", "eval/ids-choice/a/Accuracy", "eval/ids-choice/b/Accuracy",
+                            "eval/ids-gen/EM", "eval/ids-gen/F1", "eval/ids-lm/PPL"}
+    events = [e for e in read_events(workdir / "straight", validate=True)[0] if e["kind"] == "downstream_eval"]
+    assert [(e["step"], e["metrics"]) for e in events] == [(4, live[4]), (8, live[8])]
+    assert _eval_lines(workdir / "resumed") == live
+    out = workdir / "offline.json"
+    subprocess.run([str(Path(sys.executable).with_name("glm-eval")), "run", str(workdir / "straight"), "--tasks",
+                    str(workdir / "eval_tasks"), "--special-token-ids", EVAL_SPECIALS, "--output", str(out),
+                    "--quiet"], check=True, timeout=300, stdout=subprocess.DEVNULL)
+    offline = flatten_results(json.loads(out.read_text()))
+    assert set(offline) == set(live[8])
+    for key, value in offline.items():
+        assert live[8][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert live[8]["eval/ids-lm/PPL"] != live[4]["eval/ids-lm/PPL"]  # the model trained in between
 
 
 def test_async_checkpoints_publish_and_resume_exactly(runs):

@@ -332,12 +332,28 @@
     reloadCharts();
     renderTimeline();
   }
+  // Downstream scores (train.eval_tasks): one chart per `eval/<task>/<metric>` key a selected run logged,
+  // added the first time a key appears (its own scale: accuracy 0-100, perplexity, bits per byte).
+  const evalCharts = new Set();
+  function addEvalCharts() {
+    const keys = new Set();
+    for (const r of state.runs) if (state.selected.has(r.id)) for (const k of r.keys || []) if (k.startsWith("eval/")) keys.add(k);
+    for (const k of [...keys].sort()) {
+      if (evalCharts.has(k)) continue;
+      evalCharts.add(k);
+      const chart = new Chart({ id: "eval-" + k.slice(5).replace(/[^A-Za-z0-9_-]+/g, "-"), title: "Downstream: " + k.slice(5),
+                                keys: [k], sparse: true, evalKey: k });
+      charts.push(chart);
+      $("#charts").append(chart.root);
+    }
+  }
   let loadingCharts = null;
   async function reloadCharts() {
+    addEvalCharts();
     const run = async () => {
       for (const c of charts) {
         const any = state.runs.some((r) => state.selected.has(r.id) && c.keysFor(r).length);
-        c.root.hidden = !any && (c.spec.prefix !== undefined);
+        c.root.hidden = !any && (c.spec.prefix !== undefined || c.spec.evalKey !== undefined);
         await c.load();
       }
     };
