@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import sys
-import traceback
 from typing import List, Optional
 
 from checkpoints.errors import CheckpointError
@@ -180,12 +179,11 @@ def _run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from megatron_glm.cli.common import Failure, run_main
+
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (CheckpointError, ConfigError, OSError) as error:
-        if args.verbose:
-            traceback.print_exc()
+
+    def expected(error: BaseException) -> Optional[Failure]:
         if isinstance(error, ConfigError):
             message = f"invalid --model:\n{error}"
         elif isinstance(error, FileExistsError) and error.filename is not None:  # mkdir of DST's parents
@@ -193,10 +191,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif isinstance(error, OSError):
             where = [str(p) for p in (error.filename, error.filename2) if p is not None]
             message = (f"{where[0]}: " if where else "") + (error.strerror or str(error))
-        else:
+        elif isinstance(error, CheckpointError):
             message = str(error)
-        print(f"glm-ckpt: error: {_user_paths(message)}", file=sys.stderr)
-        return 2
+        else:
+            return None
+        return Failure(f"error: {_user_paths(message)}")
+
+    return run_main("glm-ckpt", args, _run, expected)
 
 
 if __name__ == "__main__":

@@ -217,18 +217,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     from data_prep.tokenize import PrepError
     from megatron_glm.data.tokenizer import TokenizerError
 
-    try:
-        return args.handler(args)
-    except PrepError as error:
-        print(f"glm-prep: {error}", file=sys.stderr)
-        return error.exit_code
-    except (TokenizerError, UnreadableInput, ValueError) as error:
-        print(f"glm-prep: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        output = getattr(args, "output_prefix", None) or getattr(args, "model_prefix", None)
-        print(f"glm-prep: {_os_error_message(error, output)}", file=sys.stderr)
-        return 2
+    from megatron_glm.cli.common import Failure, run_main
+
+    def expected(error: BaseException) -> Optional[Failure]:
+        if isinstance(error, PrepError):
+            return Failure(str(error), error.exit_code)
+        if isinstance(error, (TokenizerError, UnreadableInput, ValueError)):
+            return Failure(str(error))
+        if isinstance(error, OSError):
+            output = getattr(args, "output_prefix", None) or getattr(args, "model_prefix", None)
+            return Failure(_os_error_message(error, output))
+        return None
+
+    return run_main("glm-prep", args, args.handler, expected)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import List, Optional, get_args
 
@@ -267,16 +266,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     configure_logging("glm-launch", verbose=args.verbose)
-    try:
-        code = args.handler(args)
-        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a traceback at exit
-        return code
-    except ConfigError as error:
-        print(f"glm-launch {args.command}: invalid configuration:\n{error}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `glm-launch plan ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 0
+    from megatron_glm.cli.common import Failure, run_main
+
+    return run_main(f"glm-launch {args.command}", args, args.handler, lambda error: Failure(
+        f"invalid configuration:\n{error}") if isinstance(error, ConfigError) else None)
 
 
 if __name__ == "__main__":

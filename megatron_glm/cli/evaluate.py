@@ -16,9 +16,7 @@ stderr, --verbose adds the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import traceback
 from typing import Dict, List, Optional
 
 from megatron_glm.evaluation.errors import EvalError
@@ -131,7 +129,7 @@ def _gatherer(world: int, group):
 
 def _run(args) -> int:
     from megatron_glm.evaluation.runner import check_writable, evaluate, format_table, load_tasks, write_results
-    from megatron_glm.evaluation.vocab import Vocab, make_vocab, parse_special_ids
+    from megatron_glm.evaluation.vocab import make_vocab, parse_special_ids
 
     from megatron_glm.evaluation.data import task_files
 
@@ -196,27 +194,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_glm.runtime.logs import configure_logging
 
     configure_logging("glm-eval", verbose=args.verbose)
-    try:
-        return _run(args)
-    except EvalError as error:
-        print(f"glm-eval: error: {error}", file=sys.stderr)
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        return 2
-    except KeyboardInterrupt:
-        print("glm-eval: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        try:
-            import torch.distributed as dist
+    from megatron_glm.cli.common import Failure, run_main
 
-            if dist.is_initialized():
-                from megatron.core import parallel_state
-
-                parallel_state.destroy_model_parallel()
-                dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - teardown must not hide the result
-            pass
+    return run_main("glm-eval", args, _run, lambda error: Failure(
+        f"error: {error}") if isinstance(error, EvalError) else None)
 
 
 if __name__ == "__main__":

@@ -138,11 +138,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = list(args.overrides) + extra
     configure_logging("glm-train", verbose=args.verbose)
-    try:
-        return int(args.handler(args))
-    except ConfigError as error:
-        print(f"glm-train: invalid configuration:\n{error}", file=sys.stderr)
-        return 2
+    from megatron_glm.cli.common import Failure, run_main
+
+    return run_main("glm-train", args, args.handler, lambda error: Failure(
+        f"invalid configuration:\n{error}") if isinstance(error, ConfigError) else None)
 
 
 if __name__ == "__main__":

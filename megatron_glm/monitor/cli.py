@@ -136,11 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (FileNotFoundError, NoMetrics) as e:
-        print(f"glm-monitor: error: {e}", file=sys.stderr)
-        return 2
+    from megatron_glm.cli.common import Failure, run_main
+
+    return run_main("glm-monitor", args, args.func, lambda error: Failure(
+        f"error: {error}") if isinstance(error, (FileNotFoundError, NoMetrics)) else None)
 
 
 if __name__ == "__main__":
