@@ -14,6 +14,8 @@ import pytest
 import checkpoints.cli
 import data_prep.cli
 import launch.cli
+import megatron_glm.cli.evaluate
+import megatron_glm.cli.generate
 import megatron_glm.cli.train
 import megatron_glm.monitor.cli
 from megatron_glm.runtime.logs import HelpFormatter
@@ -26,6 +28,8 @@ PARSERS = {
     "glm-launch": [launch.cli.build_parser],
     "glm-ckpt": [checkpoints.cli._parser],
     "glm-monitor": [megatron_glm.monitor.cli.build_parser],
+    "glm-eval": [megatron_glm.cli.evaluate._parser],
+    "glm-generate": [megatron_glm.cli.generate._parser],
 }
 
 
@@ -98,6 +102,8 @@ EXIT_CODES = {  # what each tool's --help must say about its exit codes beyond 0
     "glm-launch": ["Exit 0 fits, 1 does not fit, 2 bad input", "2 bad configuration"],
     "glm-ckpt": ["Exit codes: 0 ok; 2 bad input or usage", "1 a check that failed"],
     "glm-monitor": ["Exit codes: 0 fine; 1 spikes found with --fail-on-spike; 2 bad input or"],
+    "glm-eval": ["Exit codes: 0 done; 2 bad input or usage"],
+    "glm-generate": ["Exit codes: 0 done, 2 bad input"],
 }
 
 

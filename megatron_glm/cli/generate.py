@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
-import traceback
 from typing import List, Optional
 
 MASK_PATTERN = re.compile(r"\[[sg]?MASK\]")
@@ -237,23 +235,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_glm.data.tokenizer import TokenizerError
     from megatron_glm.inference.model import InferenceError
 
-    try:
-        return _run(args)
-    except (CheckpointError, InferenceError, TokenizerError, UsageError) as error:
-        if args.verbose:
-            traceback.print_exc()
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-            print(f"glm-generate: error: {error}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-    finally:
-        import torch.distributed as dist
+    from megatron_glm.cli.common import Failure, run_main
 
-        if dist.is_initialized():
-            from megatron_glm.runtime.distributed import destroy_distributed
-
-            destroy_distributed()
+    return run_main("glm-generate", args, _run, lambda error: Failure(f"error: {error}") if isinstance(
+        error, (CheckpointError, InferenceError, TokenizerError, UsageError)) else None)
 
 
 if __name__ == "__main__":
