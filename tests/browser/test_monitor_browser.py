@@ -2,8 +2,8 @@
 127.0.0.1, draws the loss, marks an injected spike (with its hover details), escapes hostile run
 names / config values / event messages, follows appended metrics live, opens the offline report,
 and shows a 1,000,000-step run's loss chart within 2 s; the validation chart starts with the start
-event's step-0 loss, non-negative series have axes from 0, and a chart without data collapses to a
-line saying so. Screenshots are saved (tmp_path, and $GLM_MONITOR_SCREENSHOT_DIR when set)."""
+event's step-0 loss, non-negative series have axes from 0, a chart without data collapses to a
+line saying so, and a downstream score (eval/<task>/<metric>) gets a chart of its own. Screenshots are saved (tmp_path, and $GLM_MONITOR_SCREENSHOT_DIR when set)."""
 
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ def evil_run(run_dir):
                      "grad_norm": 1.0, "param_norm": 10.0, "loss_scale": None, "skipped": i // 100, "nan": 0,
                      "lr": min(1e-4, i * 1e-6), "batch_size": 8, "step_time_s": 1.0, "tokens_per_s": 2048.0, "tflops_per_gpu": None,
                      "mfu": None, "mem_gb": None, "loss/pile": 3.9 - i / 200, "loss/wudao": 4.1 - i / 200,
-                     "val_loss": 3.5 if i % 100 == 0 else None})
+                     "val_loss": 3.5 if i % 100 == 0 else None,
+                     **({"eval/demo-choice/Accuracy": 30.0 + i / 10} if i % 100 == 0 else {})})
     with schema.EventsWriter(run_dir) as ev:
         ev.write({"step": 0, "kind": "start", "message": EVIL_MESSAGE, "world_size": 2,
                   "layout": {"tp": 1, "pp": 1, "dp": 2, "vpp": None}, "val_loss": 4.4})
         ev.write({"step": 100, "kind": "skip", "message": EVIL_MESSAGE, "first_sample": 800, "last_sample": 900})
+        ev.write({"step": 300, "kind": "downstream_eval", "message": "downstream evaluation at step 300",
+                  "metrics": {"eval/demo-choice/Accuracy": 60.0}, "seconds": 0.5})
 
 
 class Page:
@@ -119,6 +122,7 @@ def test_dashboard_renders_marks_spikes_and_escapes(chromium, served, tmp_path):
         assert EVIL_NAME in name and EVIL_MODEL in p.page.locator('.run[data-run="1"] .model').inner_text()
         assert p.page.locator("#runs img, #runs script, #events b").count() == 0
         assert p.page.locator("#events td", has_text=EVIL_MESSAGE).count() == 2
+        assert p.page.locator("#events td", has_text="demo-choice/Accuracy 60 (0.5 s)").count() == 1
         p.wait_until("document.querySelector('#chart-sources').hidden === false")
         assert p.page.locator("#chart-scale .mark.skipped").count() == 3  # skipped counter rose at 100, 200, 300
         screenshot(p.page, tmp_path, "dashboard.png")
@@ -147,6 +151,8 @@ def test_step_zero_validation_axes_from_zero_and_collapsed_empty_charts(chromium
         p.page.locator('.run[data-run="0"] input[type=checkbox]').uncheck()
         p.wait_until("document.querySelector('#chart-mem').classList.contains('nodata')")
         assert p.page.eval_on_selector("canvas[data-chart=val]", "c => c.dataset.points") == "4"
+        # downstream scores (train.eval_tasks): a chart of their own per eval/ key
+        assert p.page.eval_on_selector("canvas[data-chart=eval-demo-choice-Accuracy]", "c => c.dataset.points") == "3"
         for chart in ("lr", "tps", "param", "steptime"):
             assert p.page.eval_on_selector(f"canvas[data-chart={chart}]", "c => Number(c.dataset.yMin)") == 0, chart
         assert p.page.eval_on_selector("canvas[data-chart=loss]", "c => Number(c.dataset.yMin)") > 1.0  # fitted

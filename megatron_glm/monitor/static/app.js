@@ -415,6 +415,8 @@
       case "rollback": return `to step ${e.to_step} from ${e.path}`;
       case "skip": return `samples ${fmt(e.first_sample)}–${fmt(e.last_sample)}`;
       case "stop": return `${e.reason}, exit code ${e.exit_code}`;
+      case "downstream_eval": return Object.entries(e.metrics || {}).map(([k, v]) => `${k.slice(5)} ${fmt(v)}`).join(", ") +
+        ` (${fmt(e.seconds)} s)`;
       default: return "";
     }
   }
