@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
     results["first_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2, "train.steps=4", *evals)
     results["second_half"] = _train(workdir, workdir / "resumed", 4, *TP2_PP2, *evals)
     results["first_half_other"] = _train(workdir, workdir / "other", 4, *TP2_PP2, "train.steps=4")
-    results["second_half_other"] = _train(workdir, workdir / "other", 2)  # TP1 x PP1 x DP2
+    results["second_half_other"] = _train(workdir, workdir / "other", 2, *evals)  # TP1 x PP1 x DP2
     results["first_half_async"] = _train(workdir, workdir / "async", 4, *TP2_PP2, "train.steps=4",
                                          "train.save_interval=2", "train.async_save=true")
     results["second_half_async"] = _train(workdir, workdir / "async", 4, *TP2_PP2, "train.save_interval=2",
@@ -116,8 +116,9 @@ def _eval_lines(run_dir):
 def test_downstream_eval_on_the_live_model_equals_glm_eval_on_the_checkpoint(runs):
     """train.eval_tasks at TP2 x PP2: the numbers logged at step 8 are glm-eval's on the step-8
     checkpoint (read at TP1); every evaluation also has its event; the run that stopped at step 4
-    and resumed logged the same numbers as the straight one (and, in test_async_..., the straight
-    run's losses equal those of a run without evaluations: it changed nothing in training)."""
+    and resumed logged the same numbers as the straight one, the one resumed at TP1 x DP2 numbers
+    within the layouts' rounding (and, in test_async_..., the straight run's losses equal those of a
+    run without evaluations: evaluating changed nothing in training)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -141,6 +142,11 @@ def test_downstream_eval_on_the_live_model_equals_glm_eval_on_the_checkpoint(run
     for key, value in offline.items():
         assert live[8][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert live[8]["eval/ids-lm/PPL"] != live[4]["eval/ids-lm/PPL"]  # the model trained in between
+    # TP1 x DP2 (the examples split over two data-parallel ranks) after a resume at another layout
+    other = _eval_lines(workdir / "other")
+    assert sorted(other) == [8] and set(other[8]) == set(live[8])
+    for key, value in live[8].items():
+        assert other[8][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_async_checkpoints_publish_and_resume_exactly(runs):
