@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.60",
         "zstandard>=0.22",
         "tensorboard>=2.10",
+        "safetensors>=0.4",
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],

@@ -12,7 +12,10 @@ puts its output on disk, so none profits from write-back left to the next one. T
 matters on virtual machines whose guest pages are backed lazily: writing into pages the guest has
 not touched yet was measured several times slower than into just-freed ones (the same plain copy
 took 0.7 s right after the warm-up copy was deleted and 3.1 s at the end of the run without it). The ratio is copy time /
-conversion time (goal: >= 0.5). Results: stdout and --json FILE.
+conversion time (goal: >= 0.6). `cp -r` of the same directory is timed too (the same kernel copy).
+Memory: the peak anonymous RSS (RssAnon of /proc/self/status, sampled every 2 ms by a thread:
+what an OOM kill counts; memory-mapped file pages and the page cache are not in it) of each
+conversion, above what the process held before it. Results: stdout and --json FILE.
 
     python bench/ckpt_convert_throughput.py [--workdir DIR] [--layers 24] [--json bench/results/x.json]
 """
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +58,32 @@ def _write_source(root: Path, glm: GLMShape) -> None:
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+
+class _PeakAnon:
+    """The peak RssAnon while the block runs, sampled by a thread (bytes above the start)."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss_anon()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_anon())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_anon())
+        self.above_start = self.peak - self.start
 
 
 def _timed(action, source: Path) -> float:
@@ -91,26 +121,37 @@ def main() -> None:
         _write_source(source, glm)
         nbytes = _size(source)
         copy_s = _timed(lambda: shutil.copytree(source, work / "copy"), source)
+        cp_s = _timed(lambda: subprocess.run(["cp", "-r", str(source), str(work / "cp")], check=True), source)
         steps = [("safetensors -> sat TP2", source, work / "sat", ["--to", "sat", "--tp", "2"]),
                  ("sat TP2 -> dist TP2xPP2", work / "sat", work / "dist",
                   ["--to", "dist", "--tp", "2", "--pp", "2", "--num-attention-heads", "12"]),
                  ("dist -> safetensors", work / "dist", work / "st", ["--to", "safetensors"])]
         results = {"mode": "cli processes" if args.cli else "in process", "model_bytes": nbytes,
-                   "params": glm.parameter_count(), "copy_s": copy_s, "copy_GBps": nbytes / copy_s / 1e9,
+                   "params": glm.parameter_count(), "copy_s": copy_s, "copy_GBps": nbytes / copy_s / 1e9, "cp_s": cp_s,
+                   "load_average": os.getloadavg(),
                    "conversions": []}
         print(f"model {nbytes / 1e9:.2f} GB ({glm.parameter_count():,} fp32 parameters)")
+        largest = max(torch.Size(spec.shape(glm)).numel() * 4 for _, spec, _ in glm.entries())
+        results["largest_tensor_bytes"] = largest
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; largest tensor {largest / 2**20:.0f} MiB")
         print(f"plain copy                 {copy_s:6.2f} s  {nbytes / copy_s / 1e9:5.2f} GB/s")
+        print(f"cp -r                      {cp_s:6.2f} s  {nbytes / cp_s / 1e9:5.2f} GB/s")
         for name, src, dst, extra in steps:
             arguments = ["convert", "--quiet", str(src), str(dst)] + extra
             if args.cli:
                 command = [sys.executable, "-m", "checkpoints.cli"] + arguments
                 seconds = _timed(lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL), source)
+                peak = None
             else:
-                seconds = _timed(lambda: _convert_in_process(arguments), source)
+                with _PeakAnon() as anon:
+                    seconds = _timed(lambda: _convert_in_process(arguments), source)
+                peak = anon.above_start
             ratio = copy_s / seconds
             results["conversions"].append({"name": name, "seconds": seconds, "GBps": nbytes / seconds / 1e9,
-                                           "vs_copy": ratio})
-            print(f"{name:26s} {seconds:6.2f} s  {nbytes / seconds / 1e9:5.2f} GB/s  {ratio:.2f}x copy speed")
+                                           "vs_copy": ratio, "vs_cp": cp_s / seconds, "peak_anon_bytes": peak})
+            memory = f"  peak RssAnon +{peak / 2**20:.0f} MiB" if peak is not None else ""
+            print(f"{name:26s} {seconds:6.2f} s  {nbytes / seconds / 1e9:5.2f} GB/s  {ratio:.2f}x copy speed  "
+                  f"{cp_s / seconds:.2f}x cp{memory}")
         copy_again = _timed(lambda: shutil.copytree(source, work / "copy2"), source)
         results["copy_again_s"] = copy_again
         print(f"plain copy again           {copy_again:6.2f} s  {nbytes / copy_again / 1e9:5.2f} GB/s")

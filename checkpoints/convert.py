@@ -24,7 +24,7 @@ from checkpoints.formats.safetensors_format import SafetensorsReader, Safetensor
 from checkpoints.formats.sat import SatReader, SatWriter, is_sat
 from checkpoints.mappings import check_layout
 from checkpoints import filecopy
-from checkpoints.memory import BufferPool, release_large_buffers_on_free
+from checkpoints.memory import BufferPool
 
 FORMATS = ("dist", "sat", "safetensors")
 
@@ -74,7 +74,6 @@ def convert(src: str, dst: str, to: str, options: WriteOptions, read_options: Op
         raise CheckpointError("destination exists", dst_path, hint="pass --force to replace it")
     if dst_path.resolve() == Path(src).resolve():
         raise CheckpointError("source and destination are the same directory", dst_path)
-    release_large_buffers_on_free()
     reader = open_checkpoint(src, read_options)
     try:
         check_layout(reader.glm, options.tp, options.pp, dst_path)

@@ -15,9 +15,6 @@ before. The bytes written are identical either way (they are the bytes the reade
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import fcntl
 import mmap
 import os
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -36,7 +33,6 @@ class _State:
         self.fds: Dict[str, int] = {}
         self.tensor: Optional[Tuple[int, int, torch.dtype]] = None  # data_ptr, nbytes, dtype
         self.extents: List[Extent] = []
-        self.splicer = None  # a _Splicer once used, False where vmsplice failed
 
     def fd(self, path: str) -> int:
         if path not in self.fds:
@@ -56,8 +52,6 @@ def active() -> Iterator[None]:
     finally:
         for fd in _state.fds.values():
             os.close(fd)
-        if _state.splicer:
-            _state.splicer.close()
         _state = previous
 
 
@@ -124,73 +118,13 @@ def copy_to(ranges: List[Tuple[str, int, int]], dst_fd: int, dst_offset: int) ->
     return written
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class _Splicer:
-    """Writes a buffer to a file through a pipe: vmsplice(2) the user pages in, splice(2) them out.
-
-    On this project's machines write(2) from a user buffer ran at ~0.4 GB/s while the kernel copied
-    page-cache pages at ~3.5 GB/s (copy_file_range, the plain copy); moving the user pages into a
-    pipe and splicing them to the file takes the kernel's fast path (measured 9x faster than
-    write(2) for 256 MiB). The buffer must not change until write() returns (it is synchronous)."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._vmsplice = libc.vmsplice
-        self._vmsplice.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_uint]
-        self._vmsplice.restype = ctypes.c_ssize_t
-        self._read, self._write = os.pipe()
-        try:
-            fcntl.fcntl(self._write, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB per round trip
-        except OSError:
-            pass
-        self._size = fcntl.fcntl(self._write, 1032)  # F_GETPIPE_SZ
-
-    def write(self, fd: int, offset: int, address: int, nbytes: int) -> None:
-        done = 0
-        while done < nbytes:
-            vec = _IoVec(address + done, min(self._size, nbytes - done))
-            moved = self._vmsplice(self._write, ctypes.byref(vec), 1, 0)
-            if moved <= 0:
-                raise OSError(ctypes.get_errno(), "vmsplice failed")
-            out = 0
-            while out < moved:
-                n = os.splice(self._read, fd, moved - out, offset_dst=offset + done + out)
-                if n <= 0:
-                    raise OSError("splice wrote nothing")
-                out += n
-            done += moved
-
-    def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
-
-
 def write_memory(fd: int, offset: int, data) -> int:
-    """pwrite(fd, data, offset) (data: a contiguous buffer), through a pipe while a conversion runs."""
+    """pwrite(fd, data, offset) of a contiguous buffer, every byte (the fd's position is not used)."""
     view = memoryview(data).cast("B")
-    nbytes = view.nbytes
-    if _state is not None and nbytes >= MIN_BYTES and _state.splicer is not False:
-        try:
-            if _state.splicer is None:
-                _state.splicer = _Splicer()
-            _state.splicer.write(fd, offset, _address(view), nbytes)
-            return nbytes
-        except (OSError, AttributeError):  # no vmsplice/splice here: plain writes (of every byte) from now on
-            if _state.splicer:
-                _state.splicer.close()
-            _state.splicer = False
     done = 0
-    while done < nbytes:
+    while done < view.nbytes:
         done += os.pwrite(fd, view[done:], offset + done)
-    return nbytes
-
-
-def _address(view: memoryview) -> int:
-    import numpy
-    return int(numpy.frombuffer(view, dtype=numpy.uint8).ctypes.data) if view.nbytes else 0
+    return view.nbytes
 
 
 def map_bytes(path: str, offset: int, nbytes: int) -> Optional[torch.Tensor]:
@@ -206,3 +140,66 @@ def map_bytes(path: str, offset: int, nbytes: int) -> Optional[torch.Tensor]:
             return None  # truncated: the caller's read reports it
         mapping = mmap.mmap(handle.fileno(), offset - start + nbytes, access=mmap.ACCESS_COPY, offset=start)
     return torch.frombuffer(mapping, dtype=torch.uint8, offset=offset - start, count=nbytes)
+
+
+class Staging:
+    """Tensors held for a writer that takes a whole file's tensors at once (safetensors.save_file,
+    torch.distributed.checkpoint.save), as views of file mappings, not memory: a tensor whose bytes
+    are one unchanged range of a source file (`source_ranges`) becomes a view of that file's map
+    and is not copied now; any other is written to a spill file `spill` (in the kernel where its
+    bytes come from source files) and becomes a view of the spill file's map. The maps are private
+    and only read, so their pages are page cache (file pages), never anonymous memory. Sources must
+    stay unchanged until the writer is done (a conversion's source is)."""
+
+    ALIGN = 64
+
+    def __init__(self, spill: str) -> None:
+        self.spill = spill
+        self._fd: Optional[int] = None
+        self._size = 0
+        self._entries: Dict[str, Tuple[str, int, torch.dtype, Tuple[int, ...]]] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        from checkpoints.memory import contiguous  # (memory imports nothing from here)
+
+        tensor = contiguous(tensor, "contig")
+        nbytes = tensor.numel() * tensor.element_size()
+        ranges = source_ranges(tensor)
+        if ranges is not None and len(ranges) == 1:
+            path, offset, _ = ranges[0]
+            self._entries[name] = (path, offset, tensor.dtype, tuple(tensor.shape))
+            return
+        if self._fd is None:
+            self._fd = os.open(self.spill, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        offset = -(-self._size // self.ALIGN) * self.ALIGN
+        if ranges is not None:
+            copy_to(ranges, self._fd, offset)
+        elif nbytes:
+            write_memory(self._fd, offset, tensor.reshape(-1).view(torch.uint8).numpy())
+        self._size = offset + nbytes
+        self._entries[name] = (self.spill, offset, tensor.dtype, tuple(tensor.shape))
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        """Every added tensor, by name, each a view of its own storage (a slice of a file map)."""
+        maps: Dict[str, torch.UntypedStorage] = {}
+        out = {}
+        for name, (path, offset, dtype, shape) in self._entries.items():
+            numel = 1
+            for size in shape:
+                numel *= size
+            nbytes = numel * dtype.itemsize
+            if not nbytes:
+                out[name] = torch.empty(shape, dtype=dtype)
+                continue
+            if path not in maps:
+                maps[path] = torch.UntypedStorage.from_file(path, False, os.path.getsize(path))
+            storage = maps[path][offset: offset + nbytes]
+            out[name] = torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            os.unlink(self.spill)
+        self._entries.clear()

@@ -20,22 +20,26 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
+from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
 from checkpoints.mappings import ParamSpec, spec_of
 from checkpoints.memory import empty
 from checkpoints.shapes import GLMShape
-from checkpoints.torchzip import load_tensor_blob, save_tensor
+from checkpoints.torchzip import save_tensor
 from megatron_glm.rundir import MANIFEST, read_latest, write_latest
 from megatron_glm.training.manifest import ManifestError, has_manifest, read_manifest, verify_files
 
@@ -87,7 +91,8 @@ class DistReader(Reader):
             raise CheckpointError("not a dist checkpoint (no .metadata)", path)
         _check_manifest(self.dir)
         try:
-            self.metadata: Metadata = FileSystemReader(str(self.dir)).read_metadata()
+            self._storage = _MetadataOnce(str(self.dir))
+            self.metadata: Metadata = self._storage.read_metadata()
         except Exception as error:
             raise CheckpointError(f"cannot read the checkpoint metadata ({error.__class__.__name__})",
                                   self.dir / ".metadata", hint="the file is truncated or corrupt") from None
@@ -174,60 +179,92 @@ class DistReader(Reader):
                                   if layer is not None else f"shape {tuple(meta.size)}, expected {expected}",
                                   self.dir / ".metadata", fqn, hint="shape mismatch: another model's checkpoint?")
         out = empty(expected, meta.properties.dtype, "read")
-        covered, extents = 0, []
-        for chunk in meta.chunks:
-            offsets, sizes = list(chunk.offsets), list(chunk.sizes)
-            if layer is not None:
-                if not offsets[0] <= layer < offsets[0] + sizes[0]:
-                    continue
-            data, file, data_offset = self._chunk(fqn, chunk)
-            base = data.data_ptr()
-            if layer is not None:
-                data = data[layer - offsets[0]]
-                offsets, sizes = offsets[1:], sizes[1:]
-            target = out
-            for dim, (start, length) in enumerate(zip(offsets, sizes)):
-                target = target.narrow(dim, start, length)
-            target.copy_(data)
-            covered += data.numel()
-            if target.is_contiguous() and data.is_contiguous():
-                extents.append((target.data_ptr() - out.data_ptr(), data.numel() * data.element_size(), str(file),
-                                data_offset + data.data_ptr() - base))
-            else:
-                extents.append((0, 0, "", 0))  # marks a gap: no file copy for this tensor
+        offsets = [layer] + [0] * out.dim() if layer is not None else [0] * out.dim()
+        sizes = [1] + list(expected) if layer is not None else list(expected)
+        region = ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes))
+        try:
+            covered = self._load(fqn, region, out.unsqueeze(0) if layer is not None else out)
+        except CheckpointError:
+            raise
+        except (Exception, dcp.CheckpointException) as error:  # the latter is a BaseException
+            raise self._corrupt(fqn, region, error) from None
         if covered != out.numel():
             raise CheckpointError(f"chunks cover {covered} of {out.numel()} values", self.dir / ".metadata", fqn,
                                   hint="the checkpoint is incomplete")
-        if any(not path for _, _, path, _ in extents):
-            extents = []
-        filecopy.attach(out, extents)
         return out
 
-    def _chunk(self, fqn: str, chunk: ChunkStorageMetadata) -> Tuple[torch.Tensor, Path, int]:
+    def _load(self, fqn: str, region: ChunkStorageMetadata, target: torch.Tensor) -> int:
+        """dcp.load of `region` (global offsets and sizes) of tensor `fqn` into `target`; values read."""
+        for chunk in self._meta(fqn).chunks:
+            if _overlap(region, chunk):
+                self._chunk_file(fqn, chunk)
+        planner = _ChunkPlanner(region)
+        with warnings.catch_warnings():  # "torch.distributed is disabled ...: load in a single process": yes
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load({fqn: target}, storage_reader=self._storage, planner=planner, no_dist=True)
+        return planner.covered
+
+    def _corrupt(self, fqn: str, region: ChunkStorageMetadata, error: Exception) -> CheckpointError:
+        """The error of a failed read, naming the file: each chunk of the region is read on its own."""
+        culprit = self.dir
+        for chunk in self._meta(fqn).chunks:
+            if not _overlap(region, chunk):
+                continue
+            part = ChunkStorageMetadata(chunk.offsets, chunk.sizes)
+            try:
+                self._load(fqn, part, torch.empty(tuple(chunk.sizes), dtype=self._meta(fqn).properties.dtype))
+            except (Exception, dcp.CheckpointException):
+                culprit = self._chunk_file(fqn, chunk)
+                break
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        return CheckpointError(f"unreadable chunk ({error.__class__.__name__}: {first[:200]})", culprit, fqn,
+                               hint="the file is corrupt")
+
+    def _chunk_file(self, fqn: str, chunk: ChunkStorageMetadata) -> Path:
+        """The file holding `chunk` (named in FileSystemWriter's storage record), checked to exist."""
         info = self.metadata.storage_data.get(MetadataIndex(fqn, chunk.offsets))
         if info is None:
             raise CheckpointError(f"no storage for the chunk at {tuple(chunk.offsets)}", self.dir / ".metadata", fqn)
-        if getattr(info, "transform_descriptors", None):
-            raise CheckpointError(f"unsupported storage transforms {info.transform_descriptors}",
-                                  self.dir / info.relative_path, fqn)
         file = self.dir / info.relative_path
         if not file.is_file():
             raise CheckpointError("shard file is missing", file, fqn, hint="copy every __*.distcp file")
-        mapped = filecopy.map_bytes(str(file), info.offset, info.length)
-        if mapped is not None:
-            raw = mapped.numpy()
-        else:
-            raw = empty((info.length,), torch.uint8, "chunk").numpy()
-            with open(file, "rb") as handle:
-                handle.seek(info.offset)
-                if handle.readinto(raw) != info.length:
-                    raise CheckpointError(f"chunk at byte {info.offset} ends early", file, fqn,
-                                          hint="the file is truncated")
-        data = load_tensor_blob(raw, file, fqn)
-        if list(data.shape) != list(chunk.sizes):
-            raise CheckpointError(f"chunk at byte {info.offset} is not a tensor of {tuple(chunk.sizes)}", file, fqn,
-                                  hint="the file is corrupt")
-        return data, file, info.offset + data.data_ptr() - raw.ctypes.data
+        return file
+
+
+def _overlap(a: ChunkStorageMetadata, b: ChunkStorageMetadata) -> bool:
+    return all(x < y + n and y < x + m for x, m, y, n in zip(a.offsets, a.sizes, b.offsets, b.sizes))
+
+
+class _MetadataOnce(FileSystemReader):
+    """FileSystemReader that reads and unpickles .metadata once, not once per dcp.load."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        if not hasattr(self, "_metadata_once"):
+            self._metadata_once = super().read_metadata(*args, **kwargs)
+        return self._metadata_once
+
+
+class _ChunkPlanner(DefaultLoadPlanner):
+    """dcp.load of one region (`chunk`: global offsets and sizes) of one tensor into the state dict's
+    tensor of that region's shape (one layer of a stacked tensor, or a whole tensor)."""
+
+    def __init__(self, chunk: ChunkStorageMetadata):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.chunk = chunk
+        self.covered = 0
+
+    def create_local_plan(self) -> LoadPlan:
+        (fqn, target), = self.state_dict.items()
+        items = create_read_items_for_chunk_list(fqn, self.metadata.state_dict_metadata[fqn], [self.chunk])
+        for item in items:
+            numel = 1
+            for length in item.lengths:
+                numel *= length
+            self.covered += numel
+        return LoadPlan(items)
+
+    def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
+        return self.state_dict[index.fqn]  # the region itself: read items' dest_offsets are relative to it
 
 
 class DistWriter(Writer):

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from safetensors import safe_open
 
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
 from checkpoints import filecopy
 from checkpoints.mappings import ParamSpec
-from checkpoints.memory import contiguous, empty
+from checkpoints.memory import contiguous
 from checkpoints.quantize import BITS, dequantize, quantize
 from checkpoints.shapes import GLMShape
 
@@ -49,6 +50,9 @@ def _read_json(path: Path) -> dict:
 
 
 class SafetensorsReader(Reader):
+    """Tensors through the safetensors package (safe_open): each is a view of the file's memory map,
+    nothing is read until touched (file pages, not anonymous memory)."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         config = _read_json(self.path / CONFIG)
@@ -62,90 +66,86 @@ class SafetensorsReader(Reader):
             weight_map = _read_json(self.path / INDEX).get("weight_map", {})
         else:
             weight_map = None
-        self.headers: Dict[str, Tuple[Path, int, dict]] = {}
+        self.files: Dict[str, Path] = {}
+        self._handles: Dict[Path, object] = {}
+        self._starts: Dict[Path, Optional[int]] = {}
         files = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE]
         for name in files:
             file = self.path / name
             if not file.is_file():
                 raise CheckpointError("file listed in the index is missing", file,
                                       hint="copy every model-*.safetensors file")
-            start, header = _read_header(file)
-            for key, entry in header.items():
-                if key != "__metadata__":
-                    self.headers[key] = (file, start, entry)
+            try:
+                handle = self._handles[file] = safe_open(str(file), framework="pt")
+            except Exception as error:  # SafetensorError: header too large, invalid, file too short
+                raise CheckpointError(f"not a readable safetensors file ({error})", file,
+                                      hint="the file is truncated or corrupt: copy it again") from None
+            for key in handle.keys():
+                self.files[key] = file
+            self._starts[file] = _map_start(file, handle)
         self.info = CheckpointInfo("safetensors", str(self.path), step=config.get("step"),
                                    quantization=f"int{self.bits}" if self.bits else None)
-        for key, (_, _, entry) in self.headers.items():
-            numel = 1
-            for size in entry["shape"]:
+        for key, file in self.files.items():
+            view = self._handles[file].get_slice(key)
+            dtype, numel = _DTYPES.get(view.get_dtype()), 1
+            if dtype is None:
+                raise CheckpointError(f"unsupported dtype {view.get_dtype()}", file, key)
+            for size in view.get_shape():
                 numel *= size
-            count_dtype(self.info, _DTYPES[entry["dtype"]], numel, entry["data_offsets"][1] - entry["data_offsets"][0])
+            count_dtype(self.info, dtype, numel, numel * dtype.itemsize)
         for key, spec, _ in self.glm.entries():
-            if key not in self.headers:
+            if key not in self.files:
                 raise CheckpointError("key is missing", self.path, key, hint="the export is incomplete")
 
-    def _tensor(self, key: str, slot: str = "read") -> torch.Tensor:
-        file, start, entry = self.headers[key]
-        begin, end = entry["data_offsets"]
-        dtype = _DTYPES.get(entry["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"unsupported dtype {entry['dtype']}", file, key)
-        if _nbytes(dtype, entry["shape"]) != end - begin:
-            raise CheckpointError(f"{end - begin} bytes for shape {entry['shape']} {entry['dtype']}", file, key,
-                                  hint="the header is corrupt")
-        mapped = filecopy.map_bytes(str(file), start + begin, end - begin) if (start + begin) % dtype.itemsize == 0 \
-            else None
-        if mapped is not None:
-            out = mapped.view(dtype).view(entry["shape"])
-            filecopy.attach(out, [(0, end - begin, str(file), start + begin)])
-            return out
-        out = empty(entry["shape"], dtype, slot)
-        view = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
-        with open(file, "rb") as handle:
-            handle.seek(start + begin)
-            if view is not None and handle.readinto(memoryview(view)) != view.nbytes:
-                raise CheckpointError("tensor data ends early", file, key, hint="the file is truncated")
-        if view is not None:
-            filecopy.attach(out, [(0, view.nbytes, str(file), start + begin)])
+    def _tensor(self, key: str) -> torch.Tensor:
+        file = self.files[key]
+        try:
+            out = self._handles[file].get_tensor(key)
+        except Exception as error:
+            raise CheckpointError(f"cannot read the tensor ({error})", file, key, hint="the file is corrupt") from None
+        start = self._starts[file]
+        if start is not None and out.numel():
+            filecopy.attach(out, [(0, out.numel() * out.element_size(), str(file), out.data_ptr() - start)])
         return out
 
     def dtype(self, key: str) -> torch.dtype:
-        if key + "_scale" in self.headers:
+        if key + "_scale" in self.files:
             return torch.float32
-        return _DTYPES[self.headers[key][2]["dtype"]]
+        return _DTYPES[self._handles[self.files[key]].get_slice(key).get_dtype()]
 
     def read(self, key: str, spec: ParamSpec) -> torch.Tensor:
         tensor = self._tensor(key)
         if spec.quantize and self.bits:
-            tensor = dequantize(tensor, self._tensor(key + "_scale", "scale"), self.bits)
+            tensor = dequantize(tensor, self._tensor(key + "_scale"), self.bits)
             filecopy.forget()
         expected = tuple(spec.shape(self.glm))
         if tuple(tensor.shape) != expected:
-            raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {expected}", self.headers[key][0], key,
+            raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {expected}", self.files[key], key,
                                   hint="shape mismatch with config.json")
         return tensor
 
+    def close(self) -> None:
+        self._handles.clear()
 
-def _read_header(file: Path) -> Tuple[int, dict]:
-    size = file.stat().st_size
-    with open(file, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise CheckpointError("file is shorter than a safetensors header", file, hint="the file is truncated")
-        length = struct.unpack("<Q", raw)[0]
-        if length > size - 8:
-            raise CheckpointError(f"header of {length} bytes does not fit in the file", file,
-                                  hint="the file is truncated or corrupt")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise CheckpointError("header is not valid JSON", file, hint="the file is corrupt") from None
-    end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > size:
-        last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
-        raise CheckpointError(f"file has {size} bytes, its header needs {8 + length + end}", file, last,
-                              hint="the file is truncated")
-    return 8 + length, header
+
+def _map_start(file: Path, handle) -> Optional[int]:
+    """The address of byte 0 of `file` in safe_open's memory map, or None (then no file copies).
+
+    A safetensors file ends with its tensors' bytes, back to back without holes (the format's rule),
+    so the first tensor in file order starts at file size - the sum of their sizes; tensors that are
+    views of one map lie at those offsets."""
+    tensors = sorted((handle.get_tensor(key) for key in handle.keys()), key=lambda t: t.data_ptr())
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offset = file.stat().st_size - sum(sizes)
+    start = None
+    for tensor, size in zip(tensors, sizes):
+        if size:
+            if start is None:
+                start = tensor.data_ptr() - offset
+            elif tensor.data_ptr() - start != offset:
+                return None
+        offset += size
+    return start
 
 
 class SafetensorsWriter(Writer):

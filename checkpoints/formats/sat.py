@@ -23,7 +23,7 @@ from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Write
 from checkpoints.mappings import SAT_ROTARY, ParamSpec, spec_of
 from checkpoints.quantize import BITS, dequantize, quantize
 from checkpoints.shapes import GLMShape
-from checkpoints.torchzip import StreamingTorchReader, StreamingTorchWriter, TensorRef
+from checkpoints.torchzip import StreamingTorchReader, StreamingTorchWriter
 
 _SHARD = re.compile(r"^mp_rank_(\d\d)_model_states\.pt$")
 _LAYER = re.compile(r"^transformer\.layers\.(\d+)\.")
@@ -55,12 +55,16 @@ class SatReader(Reader):
                                            f"mp_rank_{max(ranks):02d}")
         self.files = [folder / shard_name(rank) for rank in ranks]
         self.shards = [StreamingTorchReader(f) for f in self.files]
-        self.modules: List[Dict[str, TensorRef]] = []
+        self.modules: List[Dict[str, torch.Tensor]] = []  # memory-mapped
         for file, shard in zip(self.files, self.shards):
             module = shard.obj.get("module") if isinstance(shard.obj, dict) else None
             if not isinstance(module, dict):
                 raise CheckpointError("no 'module' state dict at the top level", file,
                                       hint="SAT files hold torch.save({'module': state_dict})")
+            for key, value in module.items():
+                if not isinstance(value, torch.Tensor):
+                    raise CheckpointError(f"not a tensor but {type(value).__name__}", file, key,
+                                          hint="SAT files hold torch.save({'module': state_dict})")
             self.modules.append(module)
         self.glm = self._infer_shape(num_attention_heads, layernorm_epsilon, rotary_base)
         self.bits = self._quantization()
@@ -75,7 +79,7 @@ class SatReader(Reader):
                     numel *= size
                 count_dtype(self.info, ref.dtype, numel, numel * ref.dtype.itemsize)
 
-    def _ref(self, rank: int, key: str) -> TensorRef:
+    def _ref(self, rank: int, key: str) -> torch.Tensor:
         ref = self.modules[rank].get(key)
         if ref is None:
             raise CheckpointError("key is missing", self.files[rank], key,
@@ -142,9 +146,9 @@ class SatReader(Reader):
         pieces, starts = [], []
         for rank, shard in enumerate(self.shards):
             ref = self._ref(rank, sat_key)
-            tensor = shard.read(ref, sat_key, f"piece{rank}")
+            tensor = shard.read(ref, sat_key)
             if spec.quantize and self.bits:
-                scale = shard.read(self._ref(rank, sat_key + "_scale"), sat_key + "_scale", f"scale{rank}")
+                scale = shard.read(self._ref(rank, sat_key + "_scale"), sat_key + "_scale")
                 tensor = dequantize(tensor, scale, self.bits)
             if list(tensor.shape) != expected:
                 raise CheckpointError(f"shape {tuple(tensor.shape)}, expected {tuple(expected)} for TP{world}",
