@@ -371,7 +371,8 @@ class Trainer:
         """Collective: train.eval_tasks on the live model -> {"eval/<task>/<metric>": value}, and a
         `downstream_eval` event with the same numbers (megatron_glm/training/downstream.py)."""
         metrics, seconds = self.downstream.evaluate()
-        scores = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items())
+        scores = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items()  # per-group numbers: event and metrics line
+                           if not (k.count("/") == 3 and "/".join(k.split("/")[:2] + k.split("/")[3:]) in metrics))
         self._event("downstream_eval", f"downstream evaluation at step {self.state.step}: {scores}",
                     metrics=metrics, seconds=round(seconds, 3))
         if dist.get_rank() == 0:

@@ -36,7 +36,8 @@ def evil_run(run_dir):
                      "lr": min(1e-4, i * 1e-6), "batch_size": 8, "step_time_s": 1.0, "tokens_per_s": 2048.0, "tflops_per_gpu": None,
                      "mfu": None, "mem_gb": None, "loss/pile": 3.9 - i / 200, "loss/wudao": 4.1 - i / 200,
                      "val_loss": 3.5 if i % 100 == 0 else None,
-                     **({"eval/demo-choice/Accuracy": 30.0 + i / 10} if i % 100 == 0 else {})})
+                     **({"eval/demo-choice/Accuracy": 30.0 + i / 10, "eval/demo-choice/en/Accuracy": 20.0 + i / 10}
+                        if i % 100 == 0 else {})})
     with schema.EventsWriter(run_dir) as ev:
         ev.write({"step": 0, "kind": "start", "message": EVIL_MESSAGE, "world_size": 2,
                   "layout": {"tp": 1, "pp": 1, "dp": 2, "vpp": None}, "val_loss": 4.4})
@@ -151,8 +152,9 @@ def test_step_zero_validation_axes_from_zero_and_collapsed_empty_charts(chromium
         p.page.locator('.run[data-run="0"] input[type=checkbox]').uncheck()
         p.wait_until("document.querySelector('#chart-mem').classList.contains('nodata')")
         assert p.page.eval_on_selector("canvas[data-chart=val]", "c => c.dataset.points") == "4"
-        # downstream scores (train.eval_tasks): a chart of their own per eval/ key
-        assert p.page.eval_on_selector("canvas[data-chart=eval-demo-choice-Accuracy]", "c => c.dataset.points") == "3"
+        # downstream scores (train.eval_tasks): a chart of their own per task and metric, groups as more lines
+        assert p.page.eval_on_selector("canvas[data-chart=eval-demo-choice-Accuracy]", "c => c.dataset.points") == "6"
+        assert p.page.locator("canvas[data-chart^=eval-]").count() == 1
         for chart in ("lr", "tps", "param", "steptime"):
             assert p.page.eval_on_selector(f"canvas[data-chart={chart}]", "c => Number(c.dataset.yMin)") == 0, chart
         assert p.page.eval_on_selector("canvas[data-chart=loss]", "c => Number(c.dataset.yMin)") > 1.0  # fitted

@@ -120,6 +120,7 @@
     }
     keysFor(run) {
       if (this.spec.prefix) return (run.keys || []).filter((k) => k.startsWith(this.spec.prefix));
+      if (this.spec.evalKey) return (run.keys || []).filter((k) => k === this.spec.evalKey || evalGroupOf(k) === this.spec.evalKey);
       return this.spec.keys.filter((k) => (run.keys || []).includes(k) || (run.loading || []).includes(k));
     }
     get log() { return this.spec.log || (this.spec.logToggle && state.logLoss); }
@@ -211,7 +212,7 @@
       }
       ctx.save();
       ctx.beginPath(); ctx.rect(g.left, g.top, g.w, g.h); ctx.clip();
-      const sources = this.spec.prefix ? [...new Set(series.map((s) => s.key))] : [];
+      const sources = this.spec.prefix || this.spec.evalKey ? [...new Set(series.map((s) => s.key))] : [];
       for (const { run, key, d } of series) {
         const col = color(run);
         const dash = sources.length ? [[], [6, 3], [2, 2], [8, 2, 2, 2]][sources.indexOf(key) % 4] : [];
@@ -285,7 +286,7 @@
     }
     legend(ctx, sources) {
       ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "left"; ctx.fillStyle = "#1d2330";
-      sources.forEach((s, i) => ctx.fillText(["—", "- -", "···", "-·-"][i % 4] + " " + s.slice(5), 70 + i * 110, 20));
+      sources.forEach((s, i) => ctx.fillText(["—", "- -", "···", "-·-"][i % 4] + " " + s.slice(this.spec.strip || 5), 70 + i * 110, 20));
     }
     drawSpikes(g, px, py) {
       const key = this.spec.spikes;
@@ -333,16 +334,26 @@
     renderTimeline();
   }
   // Downstream scores (train.eval_tasks): one chart per `eval/<task>/<metric>` key a selected run logged,
-  // added the first time a key appears (its own scale: accuracy 0-100, perplexity, bits per byte).
+  // added the first time a key appears (its own scale: accuracy 0-100, perplexity, bits per byte); a
+  // task's per-group keys (`eval/<task>/<group>/<metric>`) are more lines in its chart.
   const evalCharts = new Set();
+  const evalKeys = new Set();
+  function evalGroupOf(k) {  // eval/<task>/<group>/<metric> -> eval/<task>/<metric> when that is logged too
+    const p = k.split("/");
+    if (p.length !== 4 || p[0] !== "eval") return null;
+    const top = `eval/${p[1]}/${p[3]}`;
+    return evalKeys.has(top) ? top : null;
+  }
   function addEvalCharts() {
+    for (const r of state.runs) for (const k of r.keys || []) if (k.startsWith("eval/")) evalKeys.add(k);
     const keys = new Set();
-    for (const r of state.runs) if (state.selected.has(r.id)) for (const k of r.keys || []) if (k.startsWith("eval/")) keys.add(k);
+    for (const r of state.runs) if (state.selected.has(r.id)) for (const k of r.keys || []) if (k.startsWith("eval/") && !evalGroupOf(k)) keys.add(k);
     for (const k of [...keys].sort()) {
       if (evalCharts.has(k)) continue;
       evalCharts.add(k);
+      const strip = 6 + k.split("/")[1].length;  // the legend names the group: "<group>/<metric>"
       const chart = new Chart({ id: "eval-" + k.slice(5).replace(/[^A-Za-z0-9_-]+/g, "-"), title: "Downstream: " + k.slice(5),
-                                keys: [k], sparse: true, evalKey: k });
+                                keys: [k], sparse: true, evalKey: k, strip });
       charts.push(chart);
       $("#charts").append(chart.root);
     }
