@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from megatron_glm.config.schema import RunConfig
 from megatron_glm.evaluation.errors import EvalError
@@ -141,6 +141,9 @@ class DownstreamEvaluator:
         self.configs, self.vocab = load_eval_tasks(run)
         self.longest = max(padded_length([c.max_seq_length]) + (c.max_gen_length if c.type == "gen" else 0)
                            for c in self.configs)
+        self.alive: Callable[[], None] = lambda: None
+        """Called before every forward pass (the Trainer tells its hang watchdog: a long evaluation
+        is progress)."""
 
     def due(self, step: int, last: bool) -> bool:
         return last or bool(self.interval and step % self.interval == 0)
@@ -175,10 +178,11 @@ class DownstreamEvaluator:
         try:
             inference = InferenceModel(glm, shape, max_sequence_length=self.longest, special=special, dtype=dtype,
                                        tokenizer=self.vocab.tokenizer, source="live model")
+            inference.extend = _beating(inference.extend, self.alive)  # KV-cache steps of gen tasks
             dp_world = parallel_state.get_data_parallel_world_size()
             group = parallel_state.get_data_parallel_group_gloo() if dp_world > 1 else None
             with torch.no_grad():
-                return evaluate(self.configs, inference.logits, self.vocab,
+                return evaluate(self.configs, _beating(inference.logits, self.alive), self.vocab,
                                 vocab_size=model.resolved_padded_vocab_size,
                                 rank=parallel_state.get_data_parallel_rank(), world=dp_world,
                                 gather=_gatherer(group) if group is not None else None, progress=False,
@@ -194,6 +198,14 @@ class DownstreamEvaluator:
         started = time.perf_counter()
         metrics = flatten_results(self.run_tasks())
         return metrics, time.perf_counter() - started
+
+
+def _beating(fn: Callable, alive: Callable[[], None]) -> Callable:
+    def call(*args, **kwargs):
+        alive()
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _gatherer(group):

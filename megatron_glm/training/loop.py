@@ -179,6 +179,7 @@ class Trainer:
             from megatron_glm.training.downstream import DownstreamEvaluator
 
             self.downstream = DownstreamEvaluator(run, self.model)
+            self.downstream.alive = self._alive
 
     # --- events and checkpoints ------------------------------------------------------------
     def _event(self, kind: str, message: str, step: Optional[int] = None, **fields) -> None:
