@@ -1,21 +1,27 @@
 """Write tensor bytes that are unchanged copies of source-file bytes with an in-kernel copy.
 
 A plain copy of a checkpoint (cp, shutil.copyfile) never brings the bytes into the process: the
-kernel copies page-cache pages (copy_file_range / sendfile). Writing the same bytes from a user
-buffer with write() was measured 1.5-8x slower here (the kernel must fault in every destination
-page and copy from user memory). Most of a conversion moves bytes unchanged: a whole tensor, a TP
-piece of dim 0 (a contiguous row range), a chunk. While a conversion runs (`active()`), readers
-attach to the tensor they return the file ranges its bytes were read from (`attach`); writers ask
-`source_ranges(piece)` for a contiguous piece of that tensor with the same dtype and, when every
-byte of it is covered, copy those ranges file to file (`copy_to`) instead of writing the buffer.
-Any piece that was cast, quantised, or gathered from a column split is written from memory as
-before. The bytes written are identical either way (they are the bytes the reader read).
+kernel copies page-cache pages (os.copy_file_range / os.sendfile). Most of a conversion moves bytes
+unchanged: a whole tensor, a TP piece of dim 0 (a contiguous row range), a chunk. While a
+conversion runs (`active()`), readers attach to the tensor they return the file ranges its bytes
+lie in (`attach`: SAT and safetensors readers, whose tensors are views of the source's memory
+map); writers ask `source_ranges(piece)` for a contiguous piece of that tensor with the same dtype
+and, when every byte of it is covered, copy those ranges file to file (`copy_to`, os.copy_file_range)
+instead of writing the buffer. Any other piece (cast, quantised, gathered from a column split, read
+from a dist chunk) is written from memory with os.pwrite (`write_memory`). The bytes written are
+identical either way. `Staging` holds a whole file's tensors as views of file maps for the writers
+whose public API takes them all at once (safetensors.save_file, torch.distributed.checkpoint.save).
+
+Only stdlib calls: an earlier version wrote buffers through a pipe (vmsplice(2) + splice(2) via
+ctypes), measured 9x faster than write(2) once on this project's virtual machine; re-measured on
+2026-12-04 (256 MiB from a touched buffer into a new file, 7 alternating rounds, best of each:
+`bench/RESULTS.md`), os.pwrite was as fast as copy_file_range and faster than the pipe, so the
+pipe went.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -125,21 +131,6 @@ def write_memory(fd: int, offset: int, data) -> int:
     while done < view.nbytes:
         done += os.pwrite(fd, view[done:], offset + done)
     return view.nbytes
-
-
-def map_bytes(path: str, offset: int, nbytes: int) -> Optional[torch.Tensor]:
-    """The bytes [offset, offset + nbytes) of `path` as a uint8 tensor over a private memory map of
-    just that range, while a conversion runs (else None: read them). Nothing is read until touched,
-    so bytes that writers copy file to file (source_ranges) never enter the process; the mapping
-    goes away with the last tensor that views it."""
-    if _state is None or nbytes < MIN_BYTES:
-        return None
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < offset + nbytes:
-            return None  # truncated: the caller's read reports it
-        mapping = mmap.mmap(handle.fileno(), offset - start + nbytes, access=mmap.ACCESS_COPY, offset=start)
-    return torch.frombuffer(mapping, dtype=torch.uint8, offset=offset - start, count=nbytes)
 
 
 class Staging:

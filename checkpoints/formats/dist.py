@@ -1,45 +1,50 @@
 """Our training format (megatron_glm.training.checkpointing): megatron-core dist_checkpointing's
-torch_dist backend, read and written in one process without process groups.
+torch_dist backend, which is torch.distributed.checkpoint (DCP), read and written in one process
+without process groups, through DCP's public API.
 
     DIR/latest                 "iter_0000400"
-    DIR/iter_0000400/          .metadata (torch.distributed.checkpoint Metadata), __<rank>_0.distcp
-                               (each chunk a torch.save blob at an offset), common.pt, metadata.json
+    DIR/iter_0000400/          .metadata (DCP Metadata), *.distcp (chunks), common.pt, metadata.json
 
 megatron-core saves global tensors: layer parameters are stacked as "decoder.layers.<name>" with
 the layer index as a leading axis, TP pieces are chunks at global offsets (GeGLU fc1 as two chunks
 per rank at [X1; X2] offsets), optimizer state (fully_reshardable) as "optimizer.state.<s>.<name>"
-with the same chunking. So the global view is exactly our canonical whole model, and the reader
-assembles one layer's tensor from the chunks that cover it. The writer produces what megatron-core
-would at TP x PP (rank = pp * TP + tp, one file per rank, one chunk per layer and TP piece), so
-dist_checkpointing.load reshards it like any training checkpoint. Converted checkpoints carry no
-RNG state; their layout record has no "dp", so the trainer never tries to restore RNG from them.
+with the same chunking. So the global view is exactly our canonical whole model.
+
+Reading: one layer's tensor (or a whole unstacked one) is one `dcp.load` of that region of the
+global tensor into a buffer of its shape (a DefaultLoadPlanner whose local plan is the read items of
+that region, `planner_helpers.create_read_items_for_chunk_list`); FileSystemReader reads each
+chunk it needs. Writing: the chunks megatron-core would save at TP x PP (one per layer and TP piece,
+plus the linear layers' empty `_extra_state` objects) are write items of one `dcp.save` at close()
+(FileSystemWriter: one file, `__0_0.distcp`; the trainer's checkpoints have one per rank, which
+loading does not depend on); dist_checkpointing.load reshards it like any training checkpoint.
+Converted checkpoints carry no RNG state; their layout record has no "dp", so the trainer never
+tries to restore RNG from them.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
+from torch.utils.serialization import config as serialization_config
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
-from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
 from checkpoints.formats.base import CheckpointInfo, Reader, WriteOptions, Writer, count_dtype
 from checkpoints.mappings import ParamSpec, spec_of
 from checkpoints.memory import empty
 from checkpoints.shapes import GLMShape
-from checkpoints.torchzip import save_tensor
 from megatron_glm.rundir import MANIFEST, read_latest, write_latest
 from megatron_glm.training.manifest import ManifestError, has_manifest, read_manifest, verify_files
 
@@ -268,6 +273,10 @@ class _ChunkPlanner(DefaultLoadPlanner):
 
 
 class DistWriter(Writer):
+    """Chunks as megatron-core saves them at TP x PP (one per layer and TP piece, at global offsets),
+    written at close() by torch.distributed.checkpoint.save (FileSystemWriter, one process, one
+    file). Until then each chunk is held as a view of a file map, not in memory (filecopy.Staging)."""
+
     def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
                  dtypes: Dict[str, torch.dtype], carried_common: Dict[str, Any], source_format: str):
         if options.quantize:
@@ -282,9 +291,8 @@ class DistWriter(Writer):
         self.layers_per_stage = glm.num_layers // self.pp
         self.carried = carried_common
         self.source_format = source_format
-        self.handles: Dict[int, Any] = {}
-        self.state: Dict[str, Any] = {}
-        self.storage: Dict[MetadataIndex, _StorageInfo] = {}
+        self.items: List[WriteItem] = []
+        self.staging = filecopy.Staging(str(root / ".chunks.spill"))
         self.wrote_optimizer = False
 
     def _stage(self, spec: ParamSpec, layer: Optional[int]) -> int:
@@ -292,31 +300,10 @@ class DistWriter(Writer):
             return layer // self.layers_per_stage
         return 0 if spec.first else self.pp - 1
 
-    def _handle(self, rank: int):
-        if rank not in self.handles:
-            self.handles[rank] = open(self.dir / f"__{rank}_0.distcp", "wb")
-        return self.handles[rank]
-
-    def _append(self, rank: int, index: MetadataIndex, payload: bytes) -> None:
-        handle = self._handle(rank)
-        start = handle.tell()
-        handle.write(payload)
-        self.storage[index] = _StorageInfo(f"__{rank}_0.distcp", start, len(payload))
-
-    def _append_tensor(self, rank: int, index: MetadataIndex, tensor: torch.Tensor) -> None:
-        """A torch.save blob of `tensor`, written straight into the rank's file."""
-        handle = self._handle(rank)
-        start = handle.tell()
-        save_tensor(tensor, handle)
-        self.storage[index] = _StorageInfo(f"__{rank}_0.distcp", start, handle.tell() - start)
-
     def _write(self, fqn: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
         full = full.to(self.options.target_dtype(full))
-        size = ([self.glm.num_layers] if layer is not None else []) + list(full.shape)
-        meta = self.state.get(fqn)
-        if meta is None:
-            meta = self.state[fqn] = TensorStorageMetadata(TensorProperties(dtype=full.dtype), torch.Size(size), [])
-        stage, mapping = self._stage(spec, layer), spec.mapping
+        size = torch.Size(([self.glm.num_layers] if layer is not None else []) + list(full.shape))
+        mapping = spec.mapping
         split = mapping.dim is not None and self.tp > 1
         for tp_rank in range(self.tp if split else 1):
             ranges = mapping.ranges(full.shape[mapping.dim], self.tp, tp_rank) if split else [(0, None)]
@@ -328,8 +315,10 @@ class DistWriter(Writer):
                 if layer is not None:
                     piece, offsets = piece.unsqueeze(0), [layer] + offsets
                 index = MetadataIndex(fqn, torch.Size(offsets))
-                self._append_tensor(stage * self.tp + tp_rank, index, piece)
-                meta.chunks.append(ChunkStorageMetadata(torch.Size(offsets), torch.Size(piece.shape)))
+                self.staging.add(f"{fqn}@{tuple(offsets)}", piece)
+                self.items.append(WriteItem(index=index, type=WriteItemType.SHARD, tensor_data=TensorWriteData(
+                    chunk=ChunkStorageMetadata(torch.Size(offsets), piece.shape),
+                    properties=TensorProperties(dtype=piece.dtype), size=size)))
 
     def write(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
         self._write(_stacked(key)[0], spec, layer, full)
@@ -339,25 +328,37 @@ class DistWriter(Writer):
         self._write(f"{_OPTIMIZER}{state}.{_stacked(param)[0]}", spec, layer, full)
         self.wrote_optimizer = True
 
-    def _write_extra_states(self) -> None:
+    def _extra_states(self) -> Dict[str, io.BytesIO]:
         """megatron-core saves each linear layer's (empty) `_extra_state` and loads it strictly."""
         buffer = io.BytesIO()
         torch.save([None], buffer)
-        payload = bytes(buffer.getbuffer())
-        objects = [("output_layer._extra_state/shard_0_1", self.pp - 1)]
+        names = ["output_layer._extra_state/shard_0_1"]
         for layer in range(self.glm.num_layers):
-            objects += [(f"decoder.layers.{module}._extra_state/shard_{layer}_{self.glm.num_layers}",
-                         layer // self.layers_per_stage) for module in _EXTRA_STATE_MODULES]
-        for fqn, stage in objects:
-            self.state[fqn] = BytesStorageMetadata()
-            self._append(stage * self.tp, MetadataIndex(fqn), payload)
+            names += [f"decoder.layers.{module}._extra_state/shard_{layer}_{self.glm.num_layers}"
+                      for module in _EXTRA_STATE_MODULES]
+        return {name: io.BytesIO(buffer.getvalue()) for name in names}
 
     def close(self) -> None:
-        self._write_extra_states()
-        for handle in self.handles.values():
-            handle.close()
-        with open(self.dir / ".metadata", "wb") as handle:
-            pickle.dump(Metadata(state_dict_metadata=self.state, storage_data=self.storage, version="1.0.0"), handle)
+        try:
+            extra = self._extra_states()
+            items = [WriteItem(index=MetadataIndex(name), type=WriteItemType.BYTE_IO) for name in extra] + self.items
+            tensors = self.staging.tensors()
+            data = {item.index.fqn: extra[item.index.fqn] for item in items if item.type == WriteItemType.BYTE_IO}
+            data.update({f"{item.index.fqn}@{tuple(item.index.offset)}": None for item in self.items})
+            for name in data:
+                if data[name] is None:
+                    data[name] = tensors[name]
+            config = serialization_config.save
+            previous, config.compute_crc32 = config.compute_crc32, False  # a full pass over every byte: not needed
+            try:
+                with warnings.catch_warnings():  # "torch.distributed is disabled ...: one process": yes
+                    warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+                    dcp.save({}, storage_writer=FileSystemWriter(str(self.dir), sync_files=False),
+                             planner=_ItemsPlanner(items, data), no_dist=True)
+            finally:
+                config.compute_crc32 = previous
+        finally:
+            self.staging.close()
         (self.dir / "metadata.json").write_text(json.dumps(METADATA_JSON))
         source = dict(self.carried.get("common", {}))
         common = {key: source[key] for key in ("loop", "scheduler") if key in source}
@@ -367,6 +368,24 @@ class DistWriter(Writer):
         if self.wrote_optimizer and "optimizer" in self.carried:
             top["optimizer"] = self.carried["optimizer"]
         torch.save(top, self.dir / "common.pt")
+
+
+class _ItemsPlanner(DefaultSavePlanner):
+    """dcp.save of prepared write items (tensor chunks at global offsets, byte objects); resolve_data
+    hands each one's data to the storage writer when it writes it."""
+
+    def __init__(self, items: List[WriteItem], data: Dict[str, Any]):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self._items, self._data = items, data
+
+    def create_local_plan(self) -> SavePlan:
+        self.plan = SavePlan(self._items)
+        return self.plan
+
+    def resolve_data(self, write_item: WriteItem):
+        if write_item.type == WriteItemType.BYTE_IO:
+            return self._data[write_item.index.fqn]
+        return self._data[f"{write_item.index.fqn}@{tuple(write_item.index.offset)}"]
 
 
 def spec_for(key: str) -> Tuple[ParamSpec, Optional[int]]:
