@@ -101,7 +101,7 @@ class InferenceModel:
     Attributes: `shape` (checkpoints.shapes.GLMShape), `vocab_size` (padded: the logits' last dim),
     `max_sequence_length`, `special` (name -> id, SPECIAL_TOKEN_NAMES that are known), `tokenizer`
     (a GLMTokenizer when one was given or recorded), `dtype`, `format` (dist, sat, safetensors),
-    `rope_precision` (fp32 or fp16 rotary angles).
+    `rope_precision` (fp32 or fp16 rotary angles), `quantization` (int8, int4 or None).
     """
 
     def __init__(self, model, shape, *, max_sequence_length: int, special: Dict[str, int], dtype: torch.dtype,
@@ -119,6 +119,8 @@ class InferenceModel:
         self._release = weakref.finalize(self, exit_stack.close) if exit_stack is not None else None
         self.format = ""
         self.rope_precision = "fp32"
+        self.quantization: Optional[str] = None
+        """int8 / int4: weight-only quantized linear layers (megatron_glm.quantization); None: full precision."""
         from megatron.core import parallel_state
 
         self._pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -340,6 +342,7 @@ def load_inference_model(
     rotary_base: Optional[int] = None,
     attention_backend: str = "local",
     rope_precision: Optional[str] = None,
+    quantize: Optional[str] = None,
 ) -> InferenceModel:
     """Read `checkpoint` (ours: a run's checkpoints/ or one iter_N; GLM-130B's SAT layout;
     safetensors) and build the model in the current parallel layout.
@@ -356,12 +359,18 @@ def load_inference_model(
     - `rope_precision`: "fp16" rounds the rotary angles as GLM-130B's released model computes them
       (fp16 inv_freq, positions and products; docs/generation.md), "fp32" as our trainer does.
       Default: fp16 for SAT checkpoints (GLM-130B's release layout), fp32 otherwise.
+    - `quantize`: "int8" / "int4" build weight-only quantized linear layers (megatron_glm.quantization,
+      docs/quantization.md) and keep a quantized checkpoint's weights quantized or quantize a
+      full-precision one on load, shard by shard; None keeps the checkpoint's own (a quantized
+      checkpoint stays quantized); "none" dequantizes to full precision.
     Raises InferenceError (or checkpoints' CheckpointError) with a one-line reason.
     """
     from checkpoints.convert import ReadOptions, open_checkpoint
     from megatron_glm.config.schema import ModelConfig, ParallelConfig, RunConfig
     from megatron_glm.data.tokenizer import GLMTokenizer, TokenizerError
 
+    if quantize not in (None, "none", "int8", "int4"):
+        raise InferenceError(f"quantize must be int8, int4 or none, got {quantize!r}")
     if rope_precision not in (None, "fp32", "fp16"):
         raise InferenceError(f"rope_precision must be fp32 or fp16, got {rope_precision!r}")
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype)
@@ -376,6 +385,7 @@ def load_inference_model(
         checkpoint = str(Path(checkpoint) / "checkpoints")
     reader = open_checkpoint(checkpoint, options)
     glm = reader.glm
+    quantization = reader.info.quantization if quantize is None else None if quantize == "none" else quantize
 
     run_config_file = _find_run_config(Path(checkpoint)) if reader.info.format == "dist" else None
     run_yaml = _load_yaml(run_config_file) if run_config_file else {}
@@ -448,12 +458,19 @@ def load_inference_model(
             torch.set_rng_state(rng_state)
             config = build_transformer_config(run, use_cpu_initialization=True)
             config.perform_initialization = False
-            model = build_model(run, config=config, parallel_output=False,
-                                pre_process=parallel_state.is_pipeline_first_stage(),
-                                post_process=parallel_state.is_pipeline_last_stage())
+            stages = dict(pre_process=parallel_state.is_pipeline_first_stage(),
+                          post_process=parallel_state.is_pipeline_last_stage())
+            if quantization:
+                from megatron_glm.quantization.load import build_quantized_model, load_quantized_weights
+
+                model = build_quantized_model(run, config, quantization, parallel_output=False, **stages)
+            else:
+                model = build_model(run, config=config, parallel_output=False, **stages)
             if tp > 1:
                 _mark_tensor_parallel(model)
             _load_weights(model, reader)
+            if quantization:
+                load_quantized_weights(model, reader, quantization)
         rope_precision = rope_precision or ("fp16" if reader.info.format == "sat" else "fp32")
         model.rotary.angle_dtype = torch.float16 if rope_precision == "fp16" else torch.float32
         model.eval()
@@ -466,4 +483,5 @@ def load_inference_model(
                                tokenizer=tokenizer, exit_stack=stack if standalone else None, source=str(checkpoint))
     inference.rope_precision = rope_precision
     inference.format = reader.info.format
+    inference.quantization = quantization
     return inference

@@ -10,6 +10,8 @@ are prefix-LM and block-diagonal, not causal: flash/causal kernels must not be u
 
 from __future__ import annotations
 
+from typing import Optional
+
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttentionSubmodules
@@ -35,8 +37,17 @@ except ImportError:
 CORE_ATTENTION = {"local": DotProductAttention, "sdpa": SDPAttention}
 
 
-def glm_layer_spec(attention_backend: str = "local") -> ModuleSpec:
-    """DeepNorm Post-LN layer: LN -> self-attention -> alpha-residual, LN -> GeGLU -> alpha-residual."""
+def glm_layer_spec(attention_backend: str = "local", quantize: Optional[str] = None) -> ModuleSpec:
+    """DeepNorm Post-LN layer: LN -> self-attention -> alpha-residual, LN -> GeGLU -> alpha-residual.
+
+    `quantize` ("int8", "int4"; inference only): the four linear layers are weight-only quantized
+    stand-ins for Column/RowParallelLinear (megatron_glm.quantization, docs/quantization.md)."""
+    linear_qkv, linear_proj, mlp = ColumnParallelLinear, RowParallelLinear, GeGLUMLP
+    if quantize is not None:
+        from megatron_glm.quantization.layers import QUANTIZED_LINEAR
+        from megatron_glm.quantization.mlp import QUANTIZED_MLP
+
+        (linear_qkv, linear_proj), mlp = QUANTIZED_LINEAR[quantize], QUANTIZED_MLP[quantize]
     return ModuleSpec(
         module=DeepNormTransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -45,16 +56,16 @@ def glm_layer_spec(attention_backend: str = "local") -> ModuleSpec:
                 module=GLMSelfAttention,
                 params={"attn_mask_type": AttnMaskType.arbitrary},
                 submodules=SelfAttentionSubmodules(
-                    linear_qkv=ColumnParallelLinear,
+                    linear_qkv=linear_qkv,
                     core_attention=CORE_ATTENTION[attention_backend],
-                    linear_proj=RowParallelLinear,
+                    linear_proj=linear_proj,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=LayerNormImpl,
-            mlp=GeGLUMLP,
+            mlp=mlp,
             mlp_bda=get_bias_dropout_add,
         ),
     )
