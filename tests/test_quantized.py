@@ -356,3 +356,52 @@ def test_loading_peak_memory_stays_near_the_quantized_size(tmp_path, monkeypatch
         assert held < model_fp32 / 7
         assert peak < held + 2 * layer_fp32 + 8 * 2 ** 20, (source, peak, held, layer_fp32)
         assert peak < model_fp32 / 2, (source, peak, model_fp32)
+
+
+# -------------------------------------------------------------------------------------------------
+# glm-eval / glm-generate --quantize
+
+
+def test_glm_eval_and_generate_quantize(tiny, tmp_path, capsys):
+    """glm-eval scores of a multiple-choice and an LM task move little under --quantize int8, more
+    under int4 (the order is asserted, not the numbers); glm-generate runs quantized."""
+    import json
+
+    from megatron_glm.cli.evaluate import main as glm_eval
+    from megatron_glm.cli.generate import main as glm_generate
+
+    root, _, _ = tiny
+    special = ",".join(f"{k}={v}" for k, v in SPECIAL.items())
+    tasks = tmp_path / "tasks"
+    (tasks / "choice").mkdir(parents=True)
+    (tasks / "lm").mkdir()
+    generator = torch.Generator().manual_seed(2)
+    rows = [{"inputs": torch.randint(10, VOCAB, (6,), generator=generator).tolist(),
+             "choices": [torch.randint(10, VOCAB, (2,), generator=generator).tolist() for _ in range(3)],
+             "label": i % 3} for i in range(12)]
+    (tasks / "choice" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "lm" / "a.jsonl").write_text(json.dumps({"text": torch.randint(10, VOCAB, (60,), generator=generator)
+                                                      .tolist(), "text_pretokenized": "x"}) + "\n")
+    (tasks / "choice.yaml").write_text("name: choice\ntype: mul\npath: choice\nmicro-batch-size: 4\nmax_seq_length: 32\n")
+    (tasks / "lm.yaml").write_text("name: lm\ntype: lm\npath: lm\nuse_task_mask: true\nmax_seq_length: 24\n"
+                                   "generation_length: 8\n")
+    scores, predictions = {}, {}
+    for mode in ("none", "int8", "int4"):
+        out = tmp_path / f"{mode}.json"
+        assert glm_eval(["run", str(root / "full"), "--tasks", str(tasks), "--special-token-ids", special, "--quiet",
+                         "--quantize", mode, "--output", str(out), "--predictions", str(tmp_path / f"{mode}.jsonl")]) == 0
+        result = json.loads(out.read_text())
+        assert result["settings"]["quantization"] == (None if mode == "none" else mode)
+        scores[mode] = result["tasks"]["lm"]["groups"]["all"]["PPL"]["average"]
+        predictions[mode] = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
+    choice = {mode: [p["scores"] for p in lines if p["task"] == "choice"] for mode, lines in predictions.items()}
+    drift = {mode: float((torch.tensor(choice[mode]) - torch.tensor(choice["none"])).abs().max()) for mode in ("int8", "int4")}
+    assert drift["int8"] < drift["int4"], drift
+    loss = {mode: [p["scores"]["loss"] for p in lines if p["task"] == "lm"][0] for mode, lines in predictions.items()}
+    change = {mode: abs(loss[mode] / loss["none"] - 1) for mode in ("int8", "int4")}  # perplexity's log
+    assert change["int8"] < change["int4"] and change["int8"] < 0.002 and change["int4"] < 0.05, (loss, change)
+    assert all(value > 0 for value in scores.values())
+    capsys.readouterr()
+    assert glm_generate([str(root / "full"), "--input-ids", "20 21 22 4", "--special-token-ids", special,
+                         "--max-new-tokens", "4", "--quantize", "int4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])

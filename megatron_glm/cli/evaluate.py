@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rope-precision", choices=["fp32", "fp16"],
                      help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
                           "checkpoints), fp32 as our trainer (default otherwise)")
+    run.add_argument("--quantize", choices=["int8", "int4", "none"],
+                     help="weight-only INT8/INT4 linear layers as GLM-130B (docs/quantization.md): quantize a "
+                          "full-precision checkpoint on load; none: dequantize (default: as stored, a quantized "
+                          "checkpoint stays quantized)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -154,7 +158,7 @@ def _run(args) -> int:
         model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=explicit or None,
                                      tokenizer_model=args.tokenizer_model, max_sequence_length=longest,
                                      num_attention_heads=args.num_attention_heads,
-                                     rope_precision=args.rope_precision)
+                                     rope_precision=args.rope_precision, quantize=args.quantize)
     except (InferenceError, CheckpointError) as error:
         message = str(error)
         raise EvalError(message if str(args.checkpoint) in message else f"{args.checkpoint}: {message}") from None
@@ -171,6 +175,7 @@ def _run(args) -> int:
             "prefer_text": args.prefer_text, "dtype": args.dtype, "tp": args.tp, "pp": args.pp,
             "data_parallel": dp_world, "padded_vocab_size": model.vocab_size,
             "rope_precision": getattr(model, "rope_precision", None),
+            "quantization": getattr(model, "quantization", None),
             "model": {k: getattr(model.shape, k) for k in ("num_layers", "hidden_size", "num_attention_heads",
                                                             "ffn_hidden_size", "padded_vocab_size")},
             "versions": _versions(),

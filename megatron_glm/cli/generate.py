@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--rope-precision", choices=["fp32", "fp16"],
                        help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
                             "checkpoints), fp32 as our trainer (default otherwise)")
+    model.add_argument("--quantize", choices=["int8", "int4", "none"],
+                       help="weight-only INT8/INT4 linear layers as GLM-130B (docs/quantization.md): quantize a "
+                            "full-precision checkpoint on load; none: dequantize (default: as stored, a quantized "
+                            "checkpoint stays quantized)")
     parser.add_argument("--batch-size", type=int, default=8, help="--input-file prompts per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
     parser.add_argument("--verbose", action="store_true", help="timings on stderr, tracebacks on errors")
@@ -192,7 +196,8 @@ def _run(args) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = load_inference_model(args.checkpoint, dtype=dtype, special_token_ids=special,
                                  tokenizer_model=args.tokenizer_model, max_sequence_length=args.max_sequence_length,
-                                 num_attention_heads=args.num_attention_heads, rope_precision=args.rope_precision)
+                                 num_attention_heads=args.num_attention_heads, rope_precision=args.rope_precision,
+                                 quantize=args.quantize)
     try:
         if args.verbose and rank == 0:
             print(f"glm-generate: loaded {model.source} in {time.monotonic() - started:.1f}s "
