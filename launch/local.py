@@ -99,7 +99,9 @@ def check_config(cfg: LocalRunConfig) -> List[str]:
         run = load_run_config(cfg.config, cfg.overrides)
     except ConfigError as error:
         return error.problems
-    return config_problems(run, world_size=cfg.nproc, training=True)
+    from megatron_glm.training.downstream import eval_task_file_problems
+
+    return config_problems(run, world_size=cfg.nproc, training=True) + eval_task_file_problems(run)
 
 
 def exit_code_of(returncode: int) -> int:

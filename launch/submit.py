@@ -58,7 +58,9 @@ def _writable_dir_problem(path: Path, what: str) -> Optional[str]:
 
 
 def problems_before_submit(run: RunConfig, cluster: ClusterProfile, run_dir: Path) -> List[str]:
-    problems = list(config_problems(run, world_size=cluster.world_size, training=True))
+    from megatron_glm.training.downstream import eval_task_file_problems
+
+    problems = list(config_problems(run, world_size=cluster.world_size, training=True)) + eval_task_file_problems(run)
     data = run.data
     for name, path in [("data.tokenizer_model", data.tokenizer_model)] + [
             (f"data.sources[{i}].prefix", s.prefix + ext) for i, s in enumerate(data.sources) for ext in (".bin", ".idx")] + (

@@ -12,15 +12,16 @@ import pytest
 
 from megatron_glm.config.loader import load_run_config
 from megatron_glm.config.validate import config_problems
-from megatron_glm.training.downstream import flatten_results
+from megatron_glm.training.downstream import eval_task_file_problems, flatten_results
 
 DEMO_TASKS = Path(__file__).resolve().parents[1] / "megatron_glm" / "evaluation" / "demo_tasks"
 SYNTHETIC = ["data.synthetic=true", "model.seq_length=64"]
 
 
 def _problems(*overrides):
-    return "\n".join(config_problems(load_run_config("glm-tiny", [*SYNTHETIC, *overrides]), world_size=1,
-                                     training=True))
+    """What glm-train / glm-launch report: the config's validation, then the task files."""
+    run = load_run_config("glm-tiny", [*SYNTHETIC, *overrides])
+    return "\n".join(config_problems(run, world_size=1, training=True) + eval_task_file_problems(run))
 
 
 def _task(tmp_path, text, data=None):

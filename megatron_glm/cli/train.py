@@ -46,6 +46,13 @@ def _distributed(args: argparse.Namespace, body, training: bool = False):
     run = load_run_config(args.config, args.overrides)
     world = discover_world()
     validate(run, world_size=world.world_size, training=training)
+    if training:  # train.eval_tasks: the task files and their data, read with the run's tokenizer
+        from megatron_glm.config.loader import ConfigError
+        from megatron_glm.training.downstream import eval_task_file_problems
+
+        problems = eval_task_file_problems(run)
+        if problems:
+            raise ConfigError(problems)
     initialize_distributed(run, world)
     try:
         return body(run, world)

@@ -153,10 +153,7 @@ def config_problems(config: RunConfig, world_size: Optional[int] = None, trainin
         problems.extend(_training_data_problems(config))
         problems.extend(_init_from_problems(config.train.init_from))
     problems.extend(_train_problems(config, world_size))
-    if not (config.data.tokenizer_model and not os.path.isfile(config.data.tokenizer_model)):
-        from megatron_glm.training.downstream import eval_task_problems
-
-        problems.extend(eval_task_problems(config))
+    problems.extend(_eval_task_problems(config))
     problems.extend(_choice_problems(config))
     if world_size is not None:
         model_parallel = par.tensor * par.pipeline
@@ -284,6 +281,28 @@ def _train_problems(config: RunConfig, world_size: Optional[int]) -> List[str]:
         problems.append(f"train.hang_first_step_timeout_s={train.hang_first_step_timeout_s} must be > 0")
     if train.eval_batches < 1:
         problems.append(f"train.eval_batches={train.eval_batches} must be >= 1 (global batches per validation)")
+    return problems
+
+
+def _eval_task_problems(config: RunConfig) -> List[str]:
+    """train.eval_tasks / downstream_eval_interval as far as the core can tell (paths, layout); the
+    task files themselves are read by megatron_glm.training.downstream.eval_task_file_problems,
+    which the tools (glm-train, glm-launch) run next."""
+    train, vpp = config.train, config.parallel.virtual_pipeline
+    problems: List[str] = []
+    if train.downstream_eval_interval < 0:
+        problems.append(f"train.downstream_eval_interval={train.downstream_eval_interval} must be >= 0 "
+                        "(0: only at the end)")
+    if not train.eval_tasks:
+        return problems
+    if vpp is not None and vpp > 1:
+        problems.append(f"train.eval_tasks with parallel.virtual_pipeline={vpp}: downstream evaluation runs on one "
+                        "model chunk per pipeline rank (the inference module's layout), an interleaved pipeline has "
+                        f"{vpp}; remove parallel.virtual_pipeline, or drop train.eval_tasks and run glm-eval on "
+                        "the checkpoints")
+    for target in train.eval_tasks:
+        if not os.path.exists(target):
+            problems.append(f"train.eval_tasks: {target}: no such task file or folder")
     return problems
 
 

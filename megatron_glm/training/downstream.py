@@ -27,10 +27,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from megatron_glm.config.schema import RunConfig
-from megatron_glm.evaluation.errors import EvalError
 
 log = logging.getLogger("glm-train")
 
@@ -60,6 +60,7 @@ def load_eval_tasks(run: RunConfig):
     """(task configs, vocab, {task name: files with their examples}), every file read and checked;
     raises EvalError naming the file and line or key."""
     from megatron_glm.evaluation.data import load_examples, task_files
+    from megatron_glm.evaluation.errors import EvalError
     from megatron_glm.evaluation.runner import load_tasks
 
     configs = load_tasks(run.train.eval_tasks)
@@ -74,32 +75,23 @@ def load_eval_tasks(run: RunConfig):
     return configs, vocab
 
 
-def eval_task_problems(run: RunConfig) -> List[str]:
-    """Problems of train.eval_tasks / train.downstream_eval_interval (config validation)."""
-    train = run.train
-    problems: List[str] = []
-    if train.downstream_eval_interval < 0:
-        problems.append(f"train.downstream_eval_interval={train.downstream_eval_interval} must be >= 0 "
-                        "(0: only at the end)")
-    if not train.eval_tasks:
-        return problems
-    vpp = run.parallel.virtual_pipeline
-    if vpp is not None and vpp > 1:
-        problems.append(f"train.eval_tasks with parallel.virtual_pipeline={vpp}: downstream evaluation runs on one "
-                        "model chunk per pipeline rank (the inference module's layout), an interleaved pipeline has "
-                        f"{vpp}; remove parallel.virtual_pipeline, or drop train.eval_tasks and run glm-eval on "
-                        "the checkpoints")
-        return problems
-    for target in train.eval_tasks:
-        if not Path(target).exists():
-            problems.append(f"train.eval_tasks: {target}: no such task file or folder")
-    if problems:
-        return problems
+def eval_task_file_problems(run: RunConfig) -> List[str]:
+    """The task files of train.eval_tasks read and checked with the run's tokenizer (YAML, keys, types,
+    data folders, every data line): [] or one problem naming the file and line. The tools run it
+    right after the config's validation (megatron_glm.config.validate checks paths and layout),
+    before any process group exists."""
+    from megatron_glm.config.validate import _eval_task_problems
+    from megatron_glm.evaluation.errors import EvalError
+
+    if not run.train.eval_tasks or _eval_task_problems(run):
+        return []  # nothing to read, or already reported
+    if run.data.tokenizer_model and not Path(run.data.tokenizer_model).is_file():
+        return []  # reported by the data checks
     try:
         load_eval_tasks(run)
     except EvalError as error:
-        problems.append(f"train.eval_tasks: {error}")
-    return problems
+        return [f"train.eval_tasks: {error}"]
+    return []
 
 
 def flatten_results(results: Dict) -> Dict[str, float]:
@@ -154,7 +146,7 @@ class DownstreamEvaluator:
         from megatron.core import parallel_state
         from megatron.core.utils import unwrap_model
 
-        from checkpoints.shapes import GLMShape
+        from megatron_glm.evaluation.errors import EvalError
         from megatron_glm.evaluation.runner import evaluate
         from megatron_glm.inference.model import InferenceModel
 
@@ -162,11 +154,10 @@ class DownstreamEvaluator:
             raise EvalError("downstream evaluation needs one model chunk per pipeline rank")
         glm = unwrap_model(self.chunks[0])
         model = self.config.model
-        shape = GLMShape(num_layers=model.num_layers, hidden_size=model.hidden_size,
-                         num_attention_heads=model.num_attention_heads,
-                         ffn_hidden_size=model.resolved_ffn_hidden_size,
-                         padded_vocab_size=model.resolved_padded_vocab_size, vocab_size=model.vocab_size,
-                         layernorm_epsilon=model.layernorm_epsilon, rotary_base=int(model.rotary_base))
+        shape = SimpleNamespace(  # checkpoints.shapes.GLMShape's fields (the tools layer is not imported here)
+            num_layers=model.num_layers, hidden_size=model.hidden_size, num_attention_heads=model.num_attention_heads,
+            ffn_hidden_size=model.resolved_ffn_hidden_size, padded_vocab_size=model.resolved_padded_vocab_size,
+            vocab_size=model.vocab_size, layernorm_epsilon=model.layernorm_epsilon, rotary_base=int(model.rotary_base))
         special = {k: v for k, v in self.vocab.special.items() if v is not None}
         dtype = next(glm.parameters()).dtype
         rng = _rng_states()
