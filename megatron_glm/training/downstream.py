@@ -57,8 +57,8 @@ def eval_vocab(run: RunConfig):
 
 
 def load_eval_tasks(run: RunConfig):
-    """(task configs, vocab, {task name: files with their examples}), every file read and checked;
-    raises EvalError naming the file and line or key."""
+    """(task configs, vocab), every task file and data line read and checked; raises EvalError naming
+    the file and line or key."""
     from megatron_glm.evaluation.data import load_examples, task_files
     from megatron_glm.evaluation.errors import EvalError
     from megatron_glm.evaluation.runner import load_tasks
