@@ -89,6 +89,12 @@ def _plan(args: argparse.Namespace) -> int:
     from megatron_glm.config.loader import load_run_config, model_preset_names
     from megatron_glm.config.validate import config_problems
 
+    if args.inference:  # launch/inference_plan.py
+        from launch.inference_plan import run as plan_inference
+
+        return plan_inference(args)
+    if not args.cluster:
+        raise ConfigError(["plan needs --cluster (all but plan --inference)"])
     bare_model = args.model in model_preset_names()
     settings = (list(GLM130B_RECIPE) if bare_model else []) + list(args.overrides)
     cluster = load_cluster(args.cluster, args.set)
@@ -189,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="memory and speed of a layout; or the layouts that fit")
     plan.add_argument("--model", required=True, help="model preset (glm-130b) or run YAML")
-    plan.add_argument("--cluster", required=True, help="cluster profile (dgx-a100-96, local-slurm, local) or YAML")
+    plan.add_argument("--cluster", help="cluster profile (dgx-a100-96, local-slurm, local) or YAML (no default: "
+                                        "required but with --inference)")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a cluster profile field, e.g. --set device.memory_gb=80")
     for name, help_text in (
@@ -209,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gradient buffers (default: the run's; GLM-130B recipe: the precision's)")
     plan.add_argument("--top", type=int, default=10, help="layouts to list when searching")
     plan.add_argument("--json", action="store_true", help="one JSON object")
+    plan.add_argument("--inference", action="store_true", help="inference memory per GPU instead of a training "
+                      "layout: weights at the TP, KV cache, activations, headroom (launch/inference_plan.py)")
+    plan.add_argument("--gpus", help="--inference: COUNTxCARD, e.g. 4xrtx3090, 8xrtx2080ti, 8xa100-40gb, 1xh200 "
+                                     "(no default: required with --inference)")
+    plan.add_argument("--quantize", choices=("int8", "int4", "none"), default="none",
+                      help="--inference: weight-only quantization of the linear layers")
+    plan.add_argument("--batch", type=int, default=1, help="--inference: sequences decoded together")
+    plan.add_argument("--seq", type=int, default=2048, help="--inference: tokens per sequence (context + generated)")
     plan.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the model/run config")
     plan.set_defaults(handler=_plan)
 

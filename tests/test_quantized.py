@@ -405,3 +405,38 @@ def test_glm_eval_and_generate_quantize(tiny, tmp_path, capsys):
     assert glm_generate([str(root / "full"), "--input-ids", "20 21 22 4", "--special-token-ids", special,
                          "--max-new-tokens", "4", "--quantize", "int4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------------------------------------
+# glm-launch plan --inference
+
+
+def test_inference_plan_reproduces_glm130b_hardware_claims(capsys):
+    """GLM-130B: INT4 on 4 x RTX 3090, INT8 on 8 x RTX 3090, FP16 on 8 x A100-40GB; not INT8 on 4 x 3090."""
+    import json
+
+    from launch.cli import main as glm_launch
+
+    def plan(*args):
+        code = glm_launch(["plan", "--inference", "--model", "glm-130b", "--json", *args])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out) if out.strip() else None), err
+
+    code, result, _ = plan("--quantize", "int4", "--gpus", "4xrtx3090")
+    assert code == 0 and result["fits"] and result["tp"] == 4 and result["smallest_fitting_tp"] == 4
+    assert 14.6 < result["linear_weights_gb"] < 14.9  # 126.8 B linear parameters / 4 GPUs / 2 per byte = 15.85e9 B
+    assert 1.5 < result["kv_cache_gb"] < 1.7  # 70 layers x 2 x 2048 x 3072 x 2 bytes
+    code, result, _ = plan("--quantize", "int8", "--gpus", "8xrtx3090")
+    assert code == 0 and result["fits"] and result["smallest_fitting_tp"] == 8
+    code, result, _ = plan("--quantize", "int8", "--gpus", "4xrtx3090")
+    assert code == 1 and not result["fits"] and result["smallest_fitting_tp"] is None
+    code, result, _ = plan("--gpus", "8xa100-40gb")
+    assert code == 0 and result["fits"] and result["quantize"] is None
+    code, result, _ = plan("--quantize", "int4", "--gpus", "8xrtx2080ti", "--seq", "1024")
+    assert code == 0 and result["fits"]
+    code, result, _ = plan("--quantize", "int4", "--gpus", "1xh200")
+    assert code == 0 and result["fits"] and result["tp"] == 1
+    code, _, err = plan("--gpus", "4xgtx480")
+    assert code == 2 and "COUNTxCARD" in err and "rtx3090" in err
+    assert glm_launch(["plan", "--model", "glm-130b"]) == 2  # training plans still need --cluster
+    assert "--cluster" in capsys.readouterr().err
