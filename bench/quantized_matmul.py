@@ -118,7 +118,8 @@ def dtype_name(dtype):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cpu-small", action="store_true", help="CPU preset: --device cpu --scale 8 --dtypes fp32,bf16")
+    parser.add_argument("--cpu-small", action="store_true",
+                        help="CPU preset: --device cpu --scale 8 --dtypes fp32,bf16")
     parser.add_argument("--scale", type=int, default=1, help="divide hidden and FFN sizes by this (CPU)")
     parser.add_argument("--dtypes", default="fp16,bf16", help="activation/baseline dtypes")
     parser.add_argument("--tp", default="4,8")
@@ -131,7 +132,10 @@ def main(argv=None) -> int:
     if args.cpu_small:
         args.device, args.scale, args.dtypes = "cpu", 8, "fp32,bf16"
     device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+    else:
+        card = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# {card}, torch {torch.__version__}, hidden {HIDDEN // args.scale}, FFN {FFN // args.scale}")
     print("| dtype | TP | tokens | variant | ms / layer (fastest) | median | speed-up vs GEMM | weight MB / layer |")
     print("|---|---|---|---|---|---|---|---|")
@@ -144,7 +148,8 @@ def main(argv=None) -> int:
                 for row in rows:
                     kind = "full" if "GEMM" in row["variant"] else row["variant"].split()[0]
                     print(f"| {dtype_name(dtype)} | {tp} | {tokens} | {row['variant']} | {row['ms']:.3f} | "
-                          f"{row['median_ms']:.3f} | {row['speedup']:.2f} | {weight_bytes[kind] / 1e6:.1f} |", flush=True)
+                          f"{row['median_ms']:.3f} | {row['speedup']:.2f} | {weight_bytes[kind] / 1e6:.1f} |",
+                          flush=True)
                     results.append({"dtype": dtype_name(dtype), "tp": tp, "tokens": tokens, **row,
                                     "weight_bytes": weight_bytes[kind]})
     if args.json:

@@ -86,7 +86,7 @@ def plan_inference(model, tp: int, quantize: Optional[str], batch: int, seq: int
                    ) -> InferencePlan:
     """`model`: megatron_glm.config.schema.ModelConfig (any object with its size fields)."""
     h, f, layers, heads = model.hidden_size, model.ffn_hidden_size, model.num_layers, model.num_attention_heads
-    vocab = model.resolved_padded_vocab_size if hasattr(model, "resolved_padded_vocab_size") else model.padded_vocab_size
+    vocab = getattr(model, "resolved_padded_vocab_size", None) or model.padded_vocab_size
     if quantize not in WEIGHT_BYTES:
         raise InferencePlanError(f"--quantize {quantize!r}: int8, int4 or none")
     if tp < 1 or heads % tp or tp > gpus:
@@ -104,7 +104,8 @@ def plan_inference(model, tp: int, quantize: Optional[str], batch: int, seq: int
     headroom = FRAGMENTATION * allocated + CUDA_CONTEXT_GB * GB + (NCCL_WORKSPACE_GB * GB if tp > 1 else 0)
     total = allocated + headroom
     card_gb = GPUS[card]
-    return InferencePlan(gpus=gpus, card=card, card_gb=card_gb, tp=tp, quantize=quantize if quantize != "none" else None,
+    return InferencePlan(gpus=gpus, card=card, card_gb=card_gb, tp=tp,
+                         quantize=quantize if quantize != "none" else None,
                          batch=batch, seq=seq, weights_gb=(linear + other) / GIB, linear_weights_gb=linear / GIB,
                          kv_cache_gb=kv / GIB, activations_gb=activations / GIB, headroom_gb=headroom / GIB,
                          total_gb=total / GIB, fits=total <= card_gb * GIB)

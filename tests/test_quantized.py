@@ -19,7 +19,7 @@ from megatron_glm.inference import InferenceError, load_inference_model
 from megatron_glm.model.describe import _single_process_groups
 from megatron_glm.model.tp_shard import shard
 from megatron_glm.quantization import kernels
-from megatron_glm.quantization.layers import QUANTIZED_LINEAR, QuantizedParallelLinear
+from megatron_glm.quantization.layers import QUANTIZED_LINEAR
 from megatron_glm.quantization.load import local_quantized, quantized_modules, stored_pieces
 
 VOCAB = 128
@@ -137,7 +137,8 @@ def test_kernel_hook_selection_and_fallback(monkeypatch):
     calls = []
     kernels.register_kernel("test-kernel", lambda x2d, w, s, bits: calls.append(bits) or None)
     monkeypatch.setenv("GLM_QUANT_KERNEL", "test-kernel")
-    assert torch.equal(kernels.quantized_matmul(x, values, scale, 8), kernels.torch_quantized_matmul(x, values, scale, 8))
+    expected = kernels.torch_quantized_matmul(x, values, scale, 8)
+    assert torch.equal(kernels.quantized_matmul(x, values, scale, 8), expected)
     assert calls == [8]  # asked, declined, torch path used
     monkeypatch.setenv("GLM_QUANT_KERNEL", "no-such-kernel")
     with pytest.raises(ValueError, match="no-such-kernel"):
@@ -382,20 +383,23 @@ def test_glm_eval_and_generate_quantize(tiny, tmp_path, capsys):
     (tasks / "choice" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tasks / "lm" / "a.jsonl").write_text(json.dumps({"text": torch.randint(10, VOCAB, (60,), generator=generator)
                                                       .tolist(), "text_pretokenized": "x"}) + "\n")
-    (tasks / "choice.yaml").write_text("name: choice\ntype: mul\npath: choice\nmicro-batch-size: 4\nmax_seq_length: 32\n")
+    (tasks / "choice.yaml").write_text("name: choice\ntype: mul\npath: choice\nmicro-batch-size: 4\n"
+                                       "max_seq_length: 32\n")
     (tasks / "lm.yaml").write_text("name: lm\ntype: lm\npath: lm\nuse_task_mask: true\nmax_seq_length: 24\n"
                                    "generation_length: 8\n")
     scores, predictions = {}, {}
     for mode in ("none", "int8", "int4"):
         out = tmp_path / f"{mode}.json"
         assert glm_eval(["run", str(root / "full"), "--tasks", str(tasks), "--special-token-ids", special, "--quiet",
-                         "--quantize", mode, "--output", str(out), "--predictions", str(tmp_path / f"{mode}.jsonl")]) == 0
+                         "--quantize", mode, "--output", str(out),
+                         "--predictions", str(tmp_path / f"{mode}.jsonl")]) == 0
         result = json.loads(out.read_text())
         assert result["settings"]["quantization"] == (None if mode == "none" else mode)
         scores[mode] = result["tasks"]["lm"]["groups"]["all"]["PPL"]["average"]
         predictions[mode] = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
     choice = {mode: [p["scores"] for p in lines if p["task"] == "choice"] for mode, lines in predictions.items()}
-    drift = {mode: float((torch.tensor(choice[mode]) - torch.tensor(choice["none"])).abs().max()) for mode in ("int8", "int4")}
+    drift = {mode: float((torch.tensor(choice[mode]) - torch.tensor(choice["none"])).abs().max())
+             for mode in ("int8", "int4")}
     assert drift["int8"] < drift["int4"], drift
     loss = {mode: [p["scores"]["loss"] for p in lines if p["task"] == "lm"][0] for mode, lines in predictions.items()}
     change = {mode: abs(loss[mode] / loss["none"] - 1) for mode in ("int8", "int4")}  # perplexity's log
