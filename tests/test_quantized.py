@@ -234,6 +234,22 @@ def test_tp2_files_reshard_for_tp2_and_tp4_and_refuse_tp1(tiny):
                         local_quantized(key, spec, glm, bits, *pieces, 0, 1)
         finally:
             reader.close()
+    # a TP1 file (GLM-130B's scales of whole rows) at TP2: row slices keep their row's scale
+    reader = open_checkpoint(str(root / "sat-int4-tp1"), ReadOptions(num_attention_heads=4))
+    try:
+        for key, spec, _ in reader.glm.entries():
+            if spec.quantize:
+                whole = quantize(weights[key], 4)
+                for rank in range(2):
+                    values, scale = local_quantized(key, spec, glm, 4, *stored_pieces(reader, key, spec), rank, 2)
+                    if spec.mapping.dim == 1:
+                        width = whole[0].shape[1] // 2
+                        assert torch.equal(values, whole[0][:, rank * width:(rank + 1) * width])
+                        assert torch.equal(scale, whole[1])
+                    else:
+                        assert torch.equal(values, shard(whole[0], rank, 2, 0, spec.mapping.stride))
+    finally:
+        reader.close()
     with pytest.raises(InferenceError, match=r"linear_proj\.weight.*Run it at TP2"):
         load(root / "sat-int4-tp2")
     model = load(root / "sat-int4-tp2", quantize="none")  # dequantized: any TP
