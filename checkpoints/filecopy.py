@@ -12,8 +12,8 @@ from a dist chunk) is written from memory with os.pwrite (`write_memory`). The b
 identical either way. `Staging` holds a whole file's tensors as views of file maps for the writers
 whose public API takes them all at once (safetensors.save_file, torch.distributed.checkpoint.save).
 
-Only stdlib calls: an earlier version wrote buffers through a pipe (vmsplice(2) + splice(2) via
-ctypes), measured 9x faster than write(2) once on this project's virtual machine; re-measured on
+Only stdlib calls: an earlier version wrote buffers through a pipe (vmsplice(2) + splice(2), bound
+from the C library), measured 9x faster than write(2) once on this project's virtual machine; re-measured on
 2026-12-04 (256 MiB from a touched buffer into a new file, 7 alternating rounds, best of each:
 `bench/RESULTS.md`), os.pwrite was as fast as copy_file_range and faster than the pipe, so the
 pipe went.

@@ -62,7 +62,10 @@ def _largest_bytes() -> int:
     return max(torch.Size(spec.shape(GLM)).numel() * 4 for _, spec, _ in GLM.entries())
 
 
-@pytest.mark.parametrize("target", [["--to", "sat", "--tp", "2"], ["--to", "dist", "--tp", "2", "--pp", "3"]])
+# sat: a torch.save skeleton filled in place; dist: one dcp.save at the end, every chunk held until
+# then as a view of a file map; safetensors --dtype bf16: every tensor computed (cast) before it is written.
+@pytest.mark.parametrize("target", [["--to", "sat", "--tp", "2"], ["--to", "dist", "--tp", "2", "--pp", "3"],
+                                    ["--to", "safetensors", "--dtype", "bf16"]])
 def test_conversion_peak_memory(tmp_path, big_source, target):
     model_bytes = GLM.parameter_count() * 4
     assert model_bytes >= 500 * MB
@@ -75,4 +78,5 @@ def test_conversion_peak_memory(tmp_path, big_source, target):
     print(f"model {model_bytes / MB:.0f} MB, largest tensor {_largest_bytes() / MB:.0f} MB, "
           f"peak anonymous RSS {peak / MB:.0f} MB, limit {limit / MB:.0f} MB")
     assert peak < limit
-    assert sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file()) >= model_bytes
+    written = sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file())
+    assert written >= (model_bytes // 2 if "bf16" in target else model_bytes)
