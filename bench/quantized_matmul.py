@@ -12,7 +12,8 @@ for TP4 and TP8, at decode (1 and 8 tokens: batch 1 and 8, one new token each) a
 tokens). The baseline is `x @ W.t()` in fp16/bf16 (cuBLAS on GPU); the quantized layers run
 megatron_glm.quantization.kernels.quantized_matmul with each registered kernel (`torch`:
 dequantize into scratch + GEMM, GLM-130B's own scheme; `int8pack`: torch's fused
-`_weight_int8pack_mm`, INT8 only, where torch implements it). Times are per layer (the four matmuls),
+`_weight_int8pack_mm`, INT8 only, where torch implements it; `triton`: the fused INT8 / packed-INT4
+kernel of megatron_glm/quantization/triton_kernel.py, GPU only). Times are per layer (the four matmuls),
 fastest and median of --iters after --warmup (CUDA events on GPU, perf_counter on CPU; the
 fastest is the estimate, the median shows how noisy the machine was).
 
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="fp16,bf16", help="activation/baseline dtypes")
     parser.add_argument("--tp", default="4,8")
     parser.add_argument("--tokens", default="1,8,2048", help="decode batch 1 and 8, prefill 2048")
-    parser.add_argument("--kernels", default="torch,int8pack")
+    parser.add_argument("--kernels", default="torch,int8pack,triton")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", help="write every number here")

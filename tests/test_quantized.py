@@ -460,3 +460,38 @@ def test_inference_plan_reproduces_glm130b_hardware_claims(capsys):
     assert code == 2 and "COUNTxCARD" in err and "rtx3090" in err
     assert glm_launch(["plan", "--model", "glm-130b"]) == 2  # training plans still need --cluster
     assert "--cluster" in capsys.readouterr().err
+
+
+_TRITON_CHECK = """
+import torch
+from megatron_glm.quantization import kernels
+torch.manual_seed(0)
+for bits in (8, 4):
+    for m, n, k in ((1, 70, 96), (33, 130, 200)):
+        values, scale = kernels.quantize_rows(torch.randn(n, k), bits)
+        for dtype, tolerance in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            x = torch.randn(m, k).to(dtype)
+            kernels.set_kernel("triton")
+            got = kernels.quantized_matmul(x, values, scale, bits)
+            kernels.set_kernel(None)
+            want = x.float() @ kernels.dequantize(values, scale, bits).t()
+            assert got is not None and got.dtype == dtype and got.shape == (m, n)
+            error = float((got.float() - want).abs().max() / want.abs().max())
+            assert error < tolerance, (bits, m, n, k, dtype, error)
+print("ok")
+"""
+
+
+def test_triton_kernel_in_the_interpreter():
+    """The fused Triton kernel (INT8 and GLM-130B's packed INT4, odd sizes, one token) against
+    dequantize-then-matmul, run by Triton's CPU interpreter (bf16 dots are not emulated there: GPU)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (it is in NVIDIA's containers and on PyPI)")
+    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -10,9 +10,10 @@ result equals "dequantize the checkpoint, then multiply" bit for bit.
 
 A fused dequantize-and-multiply kernel (a Triton kernel, torch's weight-only int8/int4 ops) is
 registered with `register_kernel(name, fn)` and chosen with `set_kernel(name)` or the environment
-variable GLM_QUANT_KERNEL; `fn(x2d, weight, scale, bits)` gets x as [tokens, in] and returns
-[tokens, out] in x's dtype, or None to fall back to the torch path for this call (an unsupported
-shape, device or dtype). A kernel that is asked for by name but not registered is an error.
+variable GLM_QUANT_KERNEL. Registered: "int8pack" (torch's fused INT8 op) and "triton" (the
+kernel of triton_kernel.py for INT8 and GLM-130B's packed INT4; GPU). `fn(x2d, weight, scale, bits)`
+gets x as [tokens, in] and returns [tokens, out] in x's dtype, or None to fall back to the torch
+path for this call (an unsupported shape, device or dtype). A kernel that is asked for by name but not registered is an error.
 """
 
 from __future__ import annotations
@@ -116,4 +117,12 @@ def _int8pack_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bit
         return None
 
 
+def _triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bits: int) -> Optional[torch.Tensor]:
+    """triton_kernel.py: fused INT8 / packed-INT4 GEMM on GPU (None: the torch path runs)."""
+    from megatron_glm.quantization import triton_kernel
+
+    return triton_kernel.quantized_matmul(x, weight, scale, bits)
+
+
 register_kernel("int8pack", _int8pack_mm)
+register_kernel("triton", _triton)
