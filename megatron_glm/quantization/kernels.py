@@ -13,7 +13,8 @@ registered with `register_kernel(name, fn)` and chosen with `set_kernel(name)` o
 variable GLM_QUANT_KERNEL. Registered: "int8pack" (torch's fused INT8 op) and "triton" (the
 kernel of triton_kernel.py for INT8 and GLM-130B's packed INT4; GPU). `fn(x2d, weight, scale, bits)`
 gets x as [tokens, in] and returns [tokens, out] in x's dtype, or None to fall back to the torch
-path for this call (an unsupported shape, device or dtype). A kernel that is asked for by name but not registered is an error.
+path for this call (an unsupported shape, device or dtype). A kernel that is asked for by name but
+not registered is an error.
 """
 
 from __future__ import annotations
