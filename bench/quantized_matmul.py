@@ -21,8 +21,10 @@ fastest is the estimate, the median shows how noisy the machine was).
     python bench/quantized_matmul.py --cpu-small             # CPU: shapes / 8 (h 1536), fp32 and bf16
     python bench/quantized_matmul.py --device cpu --scale 16 --dtypes fp32 --json out.json
 
-Output: a markdown table (speed-up = baseline time / quantized time, > 1: quantized is faster)
-and, with --json, every number plus the card, torch version and command.
+Output: a markdown table (speed-up = baseline time / quantized time, > 1: quantized is faster; the
+last column checks every kernel's output against dequantize-then-matmul in fp32, so one GPU run
+both validates a kernel and times it) and, with --json, every number plus the card, torch version
+and command.
 """
 
 from __future__ import annotations
@@ -75,11 +77,8 @@ def bench(device, dtype, tp, tokens, scale, kernel_names, warmup, iters):
     generator = torch.Generator().manual_seed(0)
     layer = {}
     for name, (rows, columns) in shapes(tp, scale).items():
-        weight = torch.randn(rows, columns, generator=generator) * 0.02
-        q8, s8 = kernels.quantize_rows(weight, 8)
-        q4, s4 = kernels.quantize_rows(weight, 4)
-        layer[name] = {"w": weight.to(device=device, dtype=dtype), 8: (q8.to(device), s8.to(device)),
-                       4: (q4.to(device), s4.to(device))}
+        weight = (torch.randn(rows, columns, generator=generator) * 0.02).to(device)
+        layer[name] = {"w": weight.to(dtype), 8: kernels.quantize_rows(weight, 8), 4: kernels.quantize_rows(weight, 4)}
         del weight
     xs = {name: torch.randn(tokens, columns, generator=generator).to(device=device, dtype=dtype)
           for name, (_, columns) in shapes(tp, scale).items()}
@@ -104,7 +103,13 @@ def bench(device, dtype, tp, tokens, scale, kernel_names, warmup, iters):
                 for name, entry in layer.items():
                     kernels.quantized_matmul(xs[name], *entry[bits], bits)
 
-            rows.append({"variant": f"int{bits} {kernel}", **timer(device, quantized, warmup, iters)})
+            error = 0.0  # against dequantize-then-matmul in fp32, every layer
+            for name, entry in layer.items():
+                got = kernels.quantized_matmul(xs[name], *entry[bits], bits).float()
+                want = xs[name].float() @ kernels.dequantize(*entry[bits], bits).t()
+                error = max(error, float((got - want).abs().max() / want.abs().max().clamp_min(1e-30)))
+            rows.append({"variant": f"int{bits} {kernel}", **timer(device, quantized, warmup, iters),
+                         "max_rel_error": error})
     kernels.set_kernel(None)
     base = rows[0]["ms"]
     for row in rows:
@@ -138,8 +143,9 @@ def main(argv=None) -> int:
     else:
         card = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"# {card}, torch {torch.__version__}, hidden {HIDDEN // args.scale}, FFN {FFN // args.scale}")
-    print("| dtype | TP | tokens | variant | ms / layer (fastest) | median | speed-up vs GEMM | weight MB / layer |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| dtype | TP | tokens | variant | ms / layer (fastest) | median | speed-up vs GEMM | weight MB / layer "
+          "| max rel. error vs dequantize-then-matmul |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for dtype in (DTYPES[d] for d in args.dtypes.split(",")):
         for tp in map(int, args.tp.split(",")):
@@ -149,8 +155,8 @@ def main(argv=None) -> int:
                 for row in rows:
                     kind = "full" if "GEMM" in row["variant"] else row["variant"].split()[0]
                     print(f"| {dtype_name(dtype)} | {tp} | {tokens} | {row['variant']} | {row['ms']:.3f} | "
-                          f"{row['median_ms']:.3f} | {row['speedup']:.2f} | {weight_bytes[kind] / 1e6:.1f} |",
-                          flush=True)
+                          f"{row['median_ms']:.3f} | {row['speedup']:.2f} | {weight_bytes[kind] / 1e6:.1f} | "
+                          f"{row.get('max_rel_error', float('nan')):.1e} |", flush=True)
                     results.append({"dtype": dtype_name(dtype), "tp": tp, "tokens": tokens, **row,
                                     "weight_bytes": weight_bytes[kind]})
     if args.json:

@@ -140,6 +140,13 @@ def test_kernel_hook_selection_and_fallback(monkeypatch):
     expected = kernels.torch_quantized_matmul(x, values, scale, 8)
     assert torch.equal(kernels.quantized_matmul(x, values, scale, 8), expected)
     assert calls == [8]  # asked, declined, torch path used
+    # torch's fused INT8 op where it applies, equal to the torch path within bf16 rounding; shapes it
+    # gets wrong (bf16, one token, 24 columns on CPU) fall back to the torch path
+    monkeypatch.setenv("GLM_QUANT_KERNEL", "int8pack")
+    for columns in (24, 64):
+        x16, (v, s) = torch.randn(1, columns).bfloat16(), quantize(torch.randn(192, columns), 8)
+        got, want = kernels.quantized_matmul(x16, v, s, 8).float(), x16.float() @ dequantize(v, s, 8).t()
+        assert float((got - want).abs().max() / want.abs().max()) < 0.02, columns
     monkeypatch.setenv("GLM_QUANT_KERNEL", "no-such-kernel")
     with pytest.raises(ValueError, match="no-such-kernel"):
         kernels.quantized_matmul(x, values, scale, 8)
