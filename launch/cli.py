@@ -102,8 +102,8 @@ def _plan(args: argparse.Namespace) -> int:
     settings += _layout_flag_overrides(args, run)
     run = load_run_config(args.model, settings)
     if args.grad_dtype and args.grad_dtype != "fp32" and args.grad_dtype != run.precision:
-        raise ConfigError(f"--grad-dtype {args.grad_dtype}: half-precision gradient buffers are in the "
-                          f"training precision ({run.precision}); use --grad-dtype {run.precision} or fp32")
+        raise ConfigError([f"--grad-dtype {args.grad_dtype}: half-precision gradient buffers are in the "
+                           f"training precision ({run.precision}); use --grad-dtype {run.precision} or fp32"])
     if bare_model and not (args.tp and args.pp):
         base = dataclasses.replace(run_layout(run, cluster), tp=args.tp or 0, pp=args.pp or 0, dp=0,
                                    mbs=args.mbs or 0, recompute=args.recompute or "")

@@ -141,3 +141,10 @@ def test_a_plan_that_does_not_fit_names_the_settings_that_would(_plan):
     fixes = out.split("to fit, change one of:")[1].splitlines()
     assert fixes[1].startswith("  train.grad_reduce_in_fp32=false  ->  peak 33.6 GB")  # fewest changes, fastest first
     assert "where no flag says otherwise, GLM-130B's recipe: train.global_batch_size=4224" in out
+
+
+def test_gradient_buffers_in_another_half_type_are_refused_in_one_line(_plan):
+    code, out, err = _plan("--model", "glm-130b", "--cluster", "dgx-a100-96", *PAPER, "--grad-dtype", "bf16")
+    assert code == 2 and not out
+    assert ("- --grad-dtype bf16: half-precision gradient buffers are in the training precision (fp16); "
+            "use --grad-dtype fp16 or fp32") in err
