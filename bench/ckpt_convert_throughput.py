@@ -13,7 +13,7 @@ matters on virtual machines whose guest pages are backed lazily: writing into pa
 not touched yet was measured several times slower than into just-freed ones (the same plain copy
 took 0.7 s right after the warm-up copy was deleted and 3.1 s at the end of the run without it). The ratio is copy time /
 conversion time (goal: >= 0.6). `cp -r` of the same directory is timed too (the same kernel copy).
-Memory: the peak anonymous RSS (RssAnon of /proc/self/status, sampled every 2 ms by a thread:
+Memory: the peak anonymous RSS (RssAnon of /proc/self/status, sampled every 20 ms by a thread (more often disturbed the timings):
 what an OOM kill counts; memory-mapped file pages and the page cache are not in it) of each
 conversion, above what the process held before it. Results: stdout and --json FILE.
 
@@ -76,7 +76,7 @@ class _PeakAnon:
         return self
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.002):
+        while not self._stop.wait(0.02):
             self.peak = max(self.peak, _rss_anon())
 
     def __exit__(self, *exc):

@@ -158,9 +158,9 @@ class SafetensorsWriter(Writer):
     spill file (filecopy.Staging, which dcp.save uses), so their bytes are written twice and read
     back through a memory map. Measured 2026-12-04 on the 2-core machine (1.11 GB fp32 model,
     `python bench/ckpt_convert_throughput.py`, before/after alternated in one sitting, bench/RESULTS.md):
-    dist TP2xPP2 -> safetensors took 3.7-6.4 s with save_file against 1.0-2.3 s streamed (medians
-    4.3 s and 1.7 s; 0.11-0.18x the speed of `cp -r` against 0.27-0.90x): save_file cost about 60 %
-    of the conversion time. The files are read by safe_open and, in the tests, by
+    dist TP2xPP2 -> safetensors took 3.7-6.4 s with save_file against 1.0-2.3 s streamed (medians of
+    six runs each 5.0 s and 1.7 s; 0.11-0.18x the speed of `cp -r` against 0.27-0.90x): save_file
+    cost about two thirds of the conversion time. The files are read by safe_open and, in the tests, by
     safetensors.torch.load_file."""
 
     def __init__(self, root: Path, glm: GLMShape, options: WriteOptions, step: Optional[int],
