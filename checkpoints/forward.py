@@ -1,8 +1,11 @@
 """Logits of any supported checkpoint, so users (and tests) can verify a conversion end to end.
 
-The checkpoint is read whole into our canonical TP1 state dict (quantised weights dequantised, all
-in fp32) and loaded into the real GLMModel (megatron-core, TP1 x PP1, a throw-away one-process
-group): the logits are those the trainer's model computes. Inputs: a torch file holding a dict (or
+The checkpoint is loaded into the real GLMModel (megatron-core, TP1 x PP1, a throw-away one-process
+group, fp32): the logits are those the trainer's model computes. An INT8/INT4 checkpoint written
+at TP1 stays quantized in memory, in the quantized linear layers inference uses
+(megatron_glm.quantization), whose fp32 forward equals dequantize-then-multiply; one written at a
+larger TP (scales per row of each shard) is dequantized on read. Either way the logits are the
+quantized model's. Inputs: a torch file holding a dict (or
 a list of dicts) with `tokens` and `position_ids` [b, s] integers and `attention_mask` [b, 1, s, s]
 bool, True = masked (docs/glm130b.md §1.3).
 """
@@ -80,15 +83,27 @@ def model_logits(reader: Reader, batches: List[Dict[str, torch.Tensor]]) -> List
         layernorm_epsilon=glm.layernorm_epsilon, hidden_dropout=0.0, attention_dropout=0.0,
         rotary_base=glm.rotary_base)
     run = RunConfig(model=model_config, precision="fp32")
-    weights = full_state_dict(reader)
+    # Held quantized at TP1 when its scales allow (a TP1 file; a TP>1 file's row-parallel scales are
+    # per shard row, which one rank cannot hold): otherwise dequantized on read, the same values.
+    quantization = reader.info.quantization if reader.info.tp == 1 else None
+    weights = None if quantization else full_state_dict(reader)
     with _single_process_groups(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model_parallel_cuda_manual_seed(0)  # dropout is off; megatron-core still wants its RNG tracker
         config = build_transformer_config(run, use_cpu_initialization=True)
         config.perform_initialization = False
-        model = build_model(run, config=config, parallel_output=False, move_to_gpu=False)
-        load_full_state_dict(model, weights)
-        del weights
+        if quantization:
+            from megatron_glm.inference.model import load_weights
+            from megatron_glm.quantization.load import build_quantized_model, load_quantized_weights
+
+            model = build_quantized_model(run, config, quantization, pre_process=True, post_process=True,
+                                          parallel_output=False).cpu()
+            load_weights(model, reader)
+            load_quantized_weights(model, reader, quantization)
+        else:
+            model = build_model(run, config=config, parallel_output=False, move_to_gpu=False)
+            load_full_state_dict(model, weights)
+            del weights
         model.eval()
         with torch.no_grad():
             return [model(b["tokens"], b["position_ids"], b["attention_mask"]).float().clone() for b in batches]

@@ -309,7 +309,7 @@ def _mark_tensor_parallel(model: torch.nn.Module) -> None:
             set_tensor_model_parallel_attributes(weight, True, 0, 1)
 
 
-def _load_weights(model: torch.nn.Module, reader) -> None:
+def load_weights(model: torch.nn.Module, reader) -> None:
     """Copy this rank's shard of every parameter of `model` from `reader`, one whole tensor at a
     time (peak memory: the largest tensor, not the model), only the layers of this pipeline stage."""
     from megatron.core import parallel_state
@@ -468,7 +468,7 @@ def load_inference_model(
                 model = build_model(run, config=config, parallel_output=False, **stages)
             if tp > 1:
                 _mark_tensor_parallel(model)
-            _load_weights(model, reader)
+            load_weights(model, reader)
             if quantization:
                 load_quantized_weights(model, reader, quantization)
         rope_precision = rope_precision or ("fp16" if reader.info.format == "sat" else "fp32")

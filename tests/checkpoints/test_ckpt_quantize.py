@@ -66,3 +66,25 @@ def test_quantised_safetensors_round_trip_through_sat(capsys, tmp_path, train_ck
     # Requantising dequantised INT4 weights reproduces them exactly (TP1: the same rows).
     assert torch.equal(st["transformer.layers.0.mlp.dense_h_to_4h.weight"],
                        flat["decoder.layers.0.mlp.linear_fc1.weight"])
+
+
+def test_forward_keeps_a_quantised_checkpoint_quantised_with_the_dequantised_logits(capsys, tmp_path, train_ckpt,
+                                                                                   tiny_workdir, monkeypatch):
+    """glm-ckpt forward/compare run an INT4 checkpoint through the quantized layers (int8 storage,
+    two values per byte): the logits equal those of the same weights dequantised into a plain model."""
+    import megatron_glm.quantization.load as quantized_load
+    from checkpoints import forward
+    from checkpoints.convert import ReadOptions, open_checkpoint
+
+    convert(capsys, train_ckpt, tmp_path / "q", "--to", "sat", "--quantize", "int4")
+    batches, _ = forward.load_inputs(str(tiny_workdir / "inputs.pt"))
+    options = ReadOptions(num_attention_heads=int(HEADS_ARGS[-1]))
+    built, build = [], quantized_load.build_quantized_model
+    monkeypatch.setattr(quantized_load, "build_quantized_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    quantized = forward.model_logits(open_checkpoint(str(tmp_path / "q"), options), batches)
+    layers = [module for _, module in quantized_load.quantized_modules(built[0])]
+    assert layers and all(m.weight.dtype == torch.int8 and m.bits == 4 for m in layers)
+    reader = open_checkpoint(str(tmp_path / "q"), options)
+    reader.info.quantization = None  # the same weights, dequantised on read, in a plain model
+    plain = forward.model_logits(reader, batches)
+    assert all(torch.equal(a, b) for a, b in zip(quantized, plain))
