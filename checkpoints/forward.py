@@ -92,16 +92,14 @@ def model_logits(reader: Reader, batches: List[Dict[str, torch.Tensor]]) -> List
         model_parallel_cuda_manual_seed(0)  # dropout is off; megatron-core still wants its RNG tracker
         config = build_transformer_config(run, use_cpu_initialization=True)
         config.perform_initialization = False
+        model = build_model(run, config=config, parallel_output=False, move_to_gpu=False, quantize=quantization)
         if quantization:
             from megatron_glm.inference.model import load_weights
-            from megatron_glm.quantization.load import build_quantized_model, load_quantized_weights
+            from megatron_glm.quantization.load import load_quantized_weights
 
-            model = build_quantized_model(run, config, quantization, pre_process=True, post_process=True,
-                                          parallel_output=False).cpu()
             load_weights(model, reader)
             load_quantized_weights(model, reader, quantization)
         else:
-            model = build_model(run, config=config, parallel_output=False, move_to_gpu=False)
             load_full_state_dict(model, weights)
             del weights
         model.eval()

@@ -13,7 +13,7 @@ import torch
 
 from checkpoints.formats.base import WriteOptions
 from checkpoints.formats.sat import SatWriter
-from checkpoints.quantize import dequantize, pack_int4 as ckpt_pack_int4, quantize, unpack_int4 as ckpt_unpack_int4
+from checkpoints.quantize import dequantize, quantize
 from generation_fixtures import SPECIAL, tiny_shape, tiny_weights, write_safetensors
 from megatron_glm.inference import InferenceError, load_inference_model
 from megatron_glm.model.describe import _single_process_groups
@@ -79,9 +79,7 @@ def test_int4_nibble_order_and_round_trip():
     every = torch.arange(-8, 8, dtype=torch.int8)
     pairs = torch.cartesian_prod(every, every).reshape(16, 32)
     packed = kernels.pack_int4(pairs)
-    assert torch.equal(packed, ckpt_pack_int4(pairs))  # the bytes glm-ckpt writes
-    assert torch.equal(kernels.unpack_int4(packed), pairs) and torch.equal(kernels.unpack_int4(packed),
-                                                                          ckpt_unpack_int4(packed))
+    assert torch.equal(kernels.unpack_int4(packed), pairs)
     # GLM-130B (cuda/quantization.cu): even column in the high nibble, odd column in the low one
     assert kernels.pack_int4(torch.tensor([[3, -2]], dtype=torch.int8)).tolist() == [[(3 << 4) | 0xE]]
     assert kernels.pack_int4(torch.tensor([[-8, 7]], dtype=torch.int8)).tolist() == [[-128 | 7]]
@@ -94,13 +92,6 @@ def _layer(kind: str, scheme: str, rows: int, columns: int, bias: bool = True, s
     cls = column if kind == "column" else row
     return cls(columns, rows, config=config, bias=bias, skip_bias_add=skip_bias_add, gather_output=False,
                input_is_parallel=True)
-
-
-def test_quantize_rows_is_glm_ckpt_quantize():
-    weight = torch.randn(33, 48, generator=torch.Generator().manual_seed(1)) * torch.linspace(0, 3, 33)[:, None]
-    for bits in (8, 4):
-        ours, theirs = kernels.quantize_rows(weight, bits), quantize(weight, bits)
-        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
@@ -299,7 +290,7 @@ def test_bad_scales_and_packing_name_the_tensor(tiny, tmp_path):
         load(tmp_path / "scales")
     write_sat(tmp_path / "packing", glm, weights, 1, "int8")
     _tamper(tmp_path / "packing", "transformer.layers.0.attention.dense.weight",
-            lambda w: ckpt_pack_int4(w.clamp(-7, 7)))
+            lambda w: kernels.pack_int4(w.clamp(-7, 7)))
     with pytest.raises(InferenceError, match=r"linear_proj\.weight in .*mp_rank_00.*expected INT8 .*packing is INT4"):
         load(tmp_path / "packing")
     with pytest.raises(InferenceError, match="quantize must be int8, int4 or none"):
@@ -338,7 +329,7 @@ def _peak_while(fn):
     return result, max(peak[0], _anonymous_bytes()) - base
 
 
-def test_loading_peak_memory_stays_near_the_quantized_size(tmp_path, monkeypatch):
+def test_loading_peak_memory_stays_near_the_quantized_size(tmp_path):
     """8 layers of hidden 384: 75 MB of fp32 linear weights, 9.4 MB in INT4. Loading an INT4 SAT
     file, or quantizing a full-precision file on load, stays within the quantized size plus a few
     layers of scratch. Anonymous memory is sampled: the pages of memory-mapped checkpoint files are
@@ -351,7 +342,6 @@ def test_loading_peak_memory_stays_near_the_quantized_size(tmp_path, monkeypatch
     glm = GLMShape(num_layers=8, hidden_size=384, num_attention_heads=8, ffn_hidden_size=1536,
                    padded_vocab_size=VOCAB, vocab_size=VOCAB)
     dtypes = {k: torch.float32 for k, _, _ in glm.entries()}
-    monkeypatch.setattr("checkpoints.formats.sat.quantize", kernels.quantize_rows)  # the same bytes, faster
     (tmp_path / "full").mkdir()
     (tmp_path / "int4").mkdir()
     full = SafetensorsWriter(tmp_path / "full", glm, WriteOptions(), None, dtypes)

@@ -68,3 +68,20 @@ def run_main(prog: str, args: argparse.Namespace, handler: Callable[[argparse.Na
         return failure.exit_code
     finally:
         _teardown_process_groups()
+
+
+def add_model_loading_options(parser) -> None:
+    """The options of glm-eval and glm-generate that say how a checkpoint becomes a model
+    (megatron_glm.inference.load_inference_model's arguments)."""
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun/srun: TP x PP ranks)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and activations")
+    parser.add_argument("--num-attention-heads", type=int,
+                        help="SAT checkpoints do not record it (GLM-130B: 96; default: the checkpoint's record)")
+    parser.add_argument("--rope-precision", choices=["fp32", "fp16"],
+                        help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
+                             "checkpoints), fp32 as our trainer (default otherwise)")
+    parser.add_argument("--quantize", choices=["int8", "int4", "none"],
+                        help="weight-only INT8/INT4 linear layers as GLM-130B (docs/quantization.md): quantize a "
+                             "full-precision checkpoint on load; none: dequantize (default: as stored, a quantized "
+                             "checkpoint stays quantized)")

@@ -19,6 +19,7 @@ import argparse
 import sys
 from typing import Dict, List, Optional
 
+from megatron_glm.cli.common import add_model_loading_options
 from megatron_glm.evaluation.errors import EvalError
 
 
@@ -44,18 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--special-token-ids", default="",
                      help="e.g. mask=150000,gmask=150001,sop=150004,eop=150005,eos=20002 (default: the tokenizer's, "
                           "the run config's, or icetk's for a SAT checkpoint of GLM-130B's vocabulary)")
-    run.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (multi-rank runs)")
-    run.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (multi-rank runs)")
-    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weights and activations")
-    run.add_argument("--num-attention-heads", type=int,
-                     help="for checkpoints that do not record it (SAT; default: what the checkpoint records)")
-    run.add_argument("--rope-precision", choices=["fp32", "fp16"],
-                     help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
-                          "checkpoints), fp32 as our trainer (default otherwise)")
-    run.add_argument("--quantize", choices=["int8", "int4", "none"],
-                     help="weight-only INT8/INT4 linear layers as GLM-130B (docs/quantization.md): quantize a "
-                          "full-precision checkpoint on load; none: dequantize (default: as stored, a quantized "
-                          "checkpoint stays quantized)")
+    add_model_loading_options(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -115,24 +105,9 @@ def _versions() -> Dict[str, Optional[str]]:
     return out
 
 
-def _gatherer(world: int, group):
-    if world == 1:
-        return None
-    import torch.distributed as dist
-
-    def gather(local: Dict[int, object]) -> Dict[int, object]:
-        parts: List[Optional[Dict[int, object]]] = [None] * world
-        dist.all_gather_object(parts, local, group=group)
-        merged: Dict[int, object] = {}
-        for part in parts:
-            merged.update(part or {})
-        return merged
-
-    return gather
-
-
 def _run(args) -> int:
     from megatron_glm.evaluation.runner import check_writable, evaluate, format_table, load_tasks, write_results
+    from megatron_glm.evaluation.tasks import gather_over
     from megatron_glm.evaluation.vocab import make_vocab, parse_special_ids
 
     from megatron_glm.evaluation.data import task_files
@@ -181,7 +156,7 @@ def _run(args) -> int:
             "versions": _versions(),
         }
         results = evaluate(configs, model.logits, vocab, data_path=args.data_path, vocab_size=model.vocab_size,
-                           rank=dp_rank, world=dp_world, gather=_gatherer(dp_world, dp_group),
+                           rank=dp_rank, world=dp_world, gather=gather_over(dp_group) if dp_world > 1 else None,
                            predictions_path=args.predictions if rank == 0 else None,
                            progress=not args.quiet and rank == 0, settings=settings, model=model)
     finally:

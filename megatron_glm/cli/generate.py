@@ -27,6 +27,8 @@ import sys
 import time
 from typing import List, Optional
 
+from megatron_glm.cli.common import add_model_loading_options
+
 MASK_PATTERN = re.compile(r"\[[sg]?MASK\]")
 _MASK_NAMES = {"[MASK]": "mask", "[sMASK]": "smask", "[gMASK]": "gmask"}
 
@@ -69,17 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--max-sequence-length", type=int,
                        help="positions available (default: the run's model.seq_length, else 2048)")
-    model.add_argument("--num-attention-heads", type=int, help="SAT checkpoints do not record it (GLM-130B: 96; default: the checkpoint's record)")
-    model.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun/srun: TP x PP ranks)")
-    model.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
-    model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights and activations")
-    model.add_argument("--rope-precision", choices=["fp32", "fp16"],
-                       help="rotary angles: fp16 as GLM-130B's released model computes them (default for SAT "
-                            "checkpoints), fp32 as our trainer (default otherwise)")
-    model.add_argument("--quantize", choices=["int8", "int4", "none"],
-                       help="weight-only INT8/INT4 linear layers as GLM-130B (docs/quantization.md): quantize a "
-                            "full-precision checkpoint on load; none: dequantize (default: as stored, a quantized "
-                            "checkpoint stays quantized)")
+    add_model_loading_options(model)
     parser.add_argument("--batch-size", type=int, default=8, help="--input-file prompts per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
     parser.add_argument("--verbose", action="store_true", help="timings on stderr, tracebacks on errors")

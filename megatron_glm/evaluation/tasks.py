@@ -39,6 +39,22 @@ from megatron_glm.evaluation.vocab import Vocab
 LogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Gather = Callable[[Dict[int, object]], Dict[int, object]]
 
+
+def gather_over(group) -> Gather:
+    """Each rank's {item: result} merged on every rank of `group` (objects are pickled: pass a gloo
+    group, e.g. megatron-core's gloo copy of the data-parallel group, also in NCCL jobs)."""
+    import torch.distributed as dist
+
+    def gather(local: Dict[int, object]) -> Dict[int, object]:
+        parts: List[Optional[Dict[int, object]]] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, local, group=group)
+        merged: Dict[int, object] = {}
+        for part in parts:
+            merged.update(part or {})
+        return merged
+
+    return gather
+
 ICETK_LAMBADA_BANNED_IDS = [20068, 146010, 146337]
 ICETK_LAMBADA_BANNED_PREFIXES = [[46010], [146337]]
 

@@ -460,16 +460,13 @@ def load_inference_model(
             config.perform_initialization = False
             stages = dict(pre_process=parallel_state.is_pipeline_first_stage(),
                           post_process=parallel_state.is_pipeline_last_stage())
-            if quantization:
-                from megatron_glm.quantization.load import build_quantized_model, load_quantized_weights
-
-                model = build_quantized_model(run, config, quantization, parallel_output=False, **stages)
-            else:
-                model = build_model(run, config=config, parallel_output=False, **stages)
+            model = build_model(run, config=config, parallel_output=False, quantize=quantization, **stages)
             if tp > 1:
                 _mark_tensor_parallel(model)
             load_weights(model, reader)
             if quantization:
+                from megatron_glm.quantization.load import load_quantized_weights
+
                 load_quantized_weights(model, reader, quantization)
         rope_precision = rope_precision or ("fp16" if reader.info.format == "sat" else "fp32")
         model.rotary.angle_dtype = torch.float16 if rope_precision == "fp16" else torch.float32

@@ -32,8 +32,11 @@ def build_model(
     config: Optional[GLMTransformerConfig] = None,
     parallel_output: bool = True,
     move_to_gpu: bool = True,
+    quantize: Optional[str] = None,
 ) -> GLMModel:
     """One GLM model chunk. Pass `config` to share one TransformerConfig between chunks.
+    `quantize` ("int8"/"int4", inference only) puts weight-only quantized linear layers in the
+    layer spec (megatron_glm.quantization); their weights are filled by its loader.
 
     On a GPU machine the chunk is moved to the current device: megatron-core allocates its linear
     layers there, but torch's LayerNorm parameters start on the CPU.
@@ -41,7 +44,7 @@ def build_model(
     config = config or build_transformer_config(run)
     model = GLMModel(
         config=config,
-        transformer_layer_spec=glm_layer_spec(run.model.attention_backend),
+        transformer_layer_spec=glm_layer_spec(run.model.attention_backend, quantize=quantize),
         padded_vocab_size=run.model.resolved_padded_vocab_size,
         max_sequence_length=run.model.seq_length,
         pre_process=pre_process,

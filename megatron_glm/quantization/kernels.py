@@ -46,8 +46,9 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_rows(weight: torch.Tensor, bits: int):
-    """GLM-130B's quantization of one TP shard (docs/glm130b.md §5), bit for bit what
-    checkpoints.quantize.quantize (glm-ckpt) writes, with the faster packing above:
+    """GLM-130B's quantization of one TP shard (docs/glm130b.md §5), what glm-ckpt writes
+    (checkpoints.quantize) and inference quantizes on load, as (int8 values, packed two per byte
+    for INT4; fp16 scales [rows]):
     scale[r] = fp16(max_j |W[r, j]| / (2^(bits-1) - 1)), q = round-half-even(W / scale[r])."""
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")

@@ -32,29 +32,6 @@ class QuantizationError(InferenceError):
     """A quantized checkpoint that does not fit the model or layout; the message names the tensor and the fix."""
 
 
-def build_quantized_model(run, config, quantize: str, *, pre_process: bool, post_process: bool,
-                          parallel_output: bool):
-    """megatron_glm.model.build.build_model with the quantized layer spec (inference only)."""
-    from megatron_glm.model.build import grad_shrink_schedule
-    from megatron_glm.model.glm_model import GLMModel
-    from megatron_glm.model.spec import glm_layer_spec
-
-    model = GLMModel(
-        config=config,
-        transformer_layer_spec=glm_layer_spec(run.model.attention_backend, quantize=quantize),
-        padded_vocab_size=run.model.resolved_padded_vocab_size,
-        max_sequence_length=run.model.seq_length,
-        pre_process=pre_process,
-        post_process=post_process,
-        grad_shrink=grad_shrink_schedule(run),
-        shrink_output_weight_gradient=run.model.embedding_grad_shrink.apply_to_output_weight,
-        parallel_output=parallel_output,
-    )
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
-    return model
-
-
 def quantized_modules(model: torch.nn.Module) -> List[Tuple[str, QuantizedParallelLinear]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, QuantizedParallelLinear)]
 

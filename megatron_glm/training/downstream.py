@@ -28,7 +28,7 @@ import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from megatron_glm.config.schema import RunConfig
 
@@ -148,6 +148,7 @@ class DownstreamEvaluator:
 
         from megatron_glm.evaluation.errors import EvalError
         from megatron_glm.evaluation.runner import evaluate
+        from megatron_glm.evaluation.tasks import gather_over
         from megatron_glm.inference.model import InferenceModel
 
         if len(self.chunks) != 1:
@@ -176,7 +177,7 @@ class DownstreamEvaluator:
                 return evaluate(self.configs, _beating(inference.logits, self.alive), self.vocab,
                                 vocab_size=model.resolved_padded_vocab_size,
                                 rank=parallel_state.get_data_parallel_rank(), world=dp_world,
-                                gather=_gatherer(group) if group is not None else None, progress=False,
+                                gather=gather_over(group) if group is not None else None, progress=False,
                                 model=inference)
         finally:
             glm.parallel_output = parallel_output
@@ -197,22 +198,6 @@ def _beating(fn: Callable, alive: Callable[[], None]) -> Callable:
         return fn(*args, **kwargs)
 
     return call
-
-
-def _gatherer(group):
-    """Each data-parallel rank's {item: result} merged on every rank (pickled, over the gloo copy of
-    the data-parallel group, as glm-eval gathers)."""
-    import torch.distributed as dist
-
-    def gather(local: Dict[int, object]) -> Dict[int, object]:
-        parts: List[Optional[Dict[int, object]]] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(parts, local, group=group)
-        merged: Dict[int, object] = {}
-        for part in parts:
-            merged.update(part or {})
-        return merged
-
-    return gather
 
 
 def _rng_states() -> dict:

@@ -69,8 +69,9 @@ def run_smoke(run: RunConfig, steps: int, global_batch: int, micro_batch: int, s
         if code != ExitCode.DONE:
             raise RuntimeError(f"the smoke run ended with exit code {int(code)}")
         dist.barrier()  # the writer rank's metrics are complete
-        return summarize(run_dir)
-    finally:
-        dist.barrier()
+        summary = summarize(run_dir)
+        dist.barrier()  # every rank has read them
+        return summary
+    finally:  # no collective here: a rank that failed must not wait for the others
         if dist.get_rank() == 0:
             shutil.rmtree(run_dir, ignore_errors=True)

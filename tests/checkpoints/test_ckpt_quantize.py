@@ -72,6 +72,7 @@ def test_forward_keeps_a_quantised_checkpoint_quantised_with_the_dequantised_log
                                                                                    tiny_workdir, monkeypatch):
     """glm-ckpt forward/compare run an INT4 checkpoint through the quantized layers (int8 storage,
     two values per byte): the logits equal those of the same weights dequantised into a plain model."""
+    import megatron_glm.model.build as model_build
     import megatron_glm.quantization.load as quantized_load
     from checkpoints import forward
     from checkpoints.convert import ReadOptions, open_checkpoint
@@ -79,8 +80,8 @@ def test_forward_keeps_a_quantised_checkpoint_quantised_with_the_dequantised_log
     convert(capsys, train_ckpt, tmp_path / "q", "--to", "sat", "--quantize", "int4")
     batches, _ = forward.load_inputs(str(tiny_workdir / "inputs.pt"))
     options = ReadOptions(num_attention_heads=int(HEADS_ARGS[-1]))
-    built, build = [], quantized_load.build_quantized_model
-    monkeypatch.setattr(quantized_load, "build_quantized_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    built, build = [], model_build.build_model
+    monkeypatch.setattr(model_build, "build_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     quantized = forward.model_logits(open_checkpoint(str(tmp_path / "q"), options), batches)
     layers = [module for _, module in quantized_load.quantized_modules(built[0])]
     assert layers and all(m.weight.dtype == torch.int8 and m.bits == 4 for m in layers)
