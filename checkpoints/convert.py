@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -22,7 +22,7 @@ from checkpoints.formats.base import Reader, WriteOptions, Writer
 from checkpoints.formats.dist import DistReader, DistWriter, checkpoint_dir, spec_for
 from checkpoints.formats.safetensors_format import SafetensorsReader, SafetensorsWriter, is_safetensors
 from checkpoints.formats.sat import SatReader, SatWriter, is_sat
-from checkpoints.mappings import check_layout
+from checkpoints.mappings import ParamSpec, check_layout
 from checkpoints import filecopy
 from checkpoints.memory import BufferPool
 
@@ -55,10 +55,11 @@ def open_checkpoint(path: str, options: Optional[ReadOptions] = None) -> Reader:
                                "(latest + <iter>/mp_rank_XX_model_states.pt) or a safetensors export (config.json)")
 
 
-def _writer(to: str, root: Path, reader: Reader, options: WriteOptions, dtypes: Dict[str, torch.dtype]) -> Writer:
+def _writer(to: str, root: Path, reader: Reader, options: WriteOptions, dtypes: Dict[str, torch.dtype],
+            extras: List[str]) -> Writer:
     step = reader.info.step
     if to == "dist":
-        return DistWriter(root, reader.glm, options, step, dtypes, reader.info.common, reader.info.format)
+        return DistWriter(root, reader.glm, options, step, dtypes, reader.info.common, reader.info.format, extras)
     if to == "sat":
         return SatWriter(root, reader.glm, options, step, dtypes)
     if to == "safetensors":
@@ -81,39 +82,46 @@ def convert(src: str, dst: str, to: str, options: WriteOptions, read_options: Op
         extras: List[str] = []
         if to == "dist" and not options.model_only:
             extras = reader.extra_keys()
-        dtypes = {key: reader.dtype(key) for key, _, _ in entries}
+        dtypes = {key: reader.dtype(key) for key in [key for key, _, _ in entries] + extras}
         dst_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst_path.parent / f".{dst_path.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            # each tensor is written and dropped before the next is read: buffers are reused, and
-            # unchanged source bytes are copied file to file (memory.BufferPool, filecopy)
             with BufferPool.active(), filecopy.active():
-                writer = _writer(to, tmp, reader, options, dtypes)
-                written = 0
-                bar = {"unit": "tensor", "leave": False, "disable": None if progress else True}
-                for key, spec, layer in tqdm(entries, desc=f"convert to {to}", **bar):
-                    filecopy.forget()
-                    full = reader.read(key, spec)
-                    written += full.numel() * full.element_size()
-                    writer.write(key, spec, layer, full)
-                    del full
-                for key in tqdm(extras, desc="optimizer state", **bar):
-                    spec, layer = spec_for(key)
-                    filecopy.forget()
-                    full = reader.read(key, spec)
-                    writer.write_extra(key, spec, layer, full)
-                    del full
-                writer.close()
+                source = _SourceTensors(reader, entries, extras, f"convert to {to}", progress)
+                _writer(to, tmp, reader, options, dtypes, extras).write_all(source)
             _publish(tmp, dst_path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     finally:
         reader.close()
-    return {"tensors": len(entries), "optimizer_tensors": len(extras), "bytes_read": written,
+    return {"tensors": len(entries), "optimizer_tensors": len(extras), "bytes_read": source.bytes_read,
             "optimizer_dropped": reader.info.has_optimizer and not extras, "destination": str(dst_path)}
+
+
+class _SourceTensors:
+    """The source's tensors in the order writers take them (the model's, then optimizer state),
+    each read when the writer asks for it and dropped before the next is read: buffers are reused,
+    and unchanged source bytes are copied file to file (memory.BufferPool, filecopy)."""
+
+    def __init__(self, reader: Reader, entries, extras: List[str], description: str, progress: bool):
+        self.reader, self.entries, self.extras = reader, entries, extras
+        self.description, self.progress = description, progress
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[Tuple[str, ParamSpec, Optional[int], torch.Tensor, bool]]:
+        bar = {"unit": "tensor", "leave": False, "disable": None if self.progress else True}
+        for key, spec, layer in tqdm(self.entries, desc=self.description, **bar):
+            filecopy.forget()
+            full = self.reader.read(key, spec)
+            self.bytes_read += full.numel() * full.element_size()
+            yield key, spec, layer, full, False
+        for key in tqdm(self.extras, desc="optimizer state", **bar):
+            spec, layer = spec_for(key)
+            filecopy.forget()
+            yield key, spec, layer, self.reader.read(key, spec), True
 
 
 def _publish(tmp: Path, dst: Path) -> None:

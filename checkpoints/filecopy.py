@@ -4,27 +4,24 @@ A plain copy of a checkpoint (cp, shutil.copyfile) never brings the bytes into t
 kernel copies page-cache pages (os.copy_file_range / os.sendfile). Most of a conversion moves bytes
 unchanged: a whole tensor, a TP piece of dim 0 (a contiguous row range), a chunk. While a
 conversion runs (`active()`), readers attach to the tensor they return the file ranges its bytes
-lie in (`attach`: SAT and safetensors readers, whose tensors are views of the source's memory
-map); writers ask `source_ranges(piece)` for a contiguous piece of that tensor with the same dtype
-and, when every byte of it is covered, copy those ranges file to file (`copy_to`, os.copy_file_range)
-instead of writing the buffer. Any other piece (cast, quantised, gathered from a column split, read
-from a dist chunk) is written from memory with os.pwrite (`write_memory`). The bytes written are
-identical either way. `Staging` holds a whole file's tensors as views of file maps for the writers
-whose public API takes them all at once (safetensors.save_file, torch.distributed.checkpoint.save).
-
-Only stdlib calls: an earlier version wrote buffers through a pipe (vmsplice(2) + splice(2), bound
-from the C library), measured 9x faster than write(2) once on this project's virtual machine; re-measured on
-2026-12-04 (256 MiB from a touched buffer into a new file, 7 alternating rounds, best of each:
-`bench/RESULTS.md`), os.pwrite was as fast as copy_file_range and faster than the pipe, so the
-pipe went.
+lie in (`attach`: SAT, safetensors and dist readers, whose tensors are views of memory maps of the
+source files, or are assembled from such views); writers ask `source_ranges(piece)` for a
+contiguous piece of that tensor with the same dtype and, when every byte of it is covered, copy
+those ranges file to file (`copy_to`, os.copy_file_range) instead of writing the buffer. Any other
+piece (cast, quantised, gathered from a column split) is written from memory (`write_memory`,
+os.pwrite in pieces of the kernel copy's size). The bytes written are identical either way.
+`KernelCopyFile` does the same for a serializer that writes into a file object (torch.save
+inside torch.distributed.checkpoint.save). Only stdlib calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import numpy
 import torch
 
 MIN_BYTES = 1 << 16
@@ -124,73 +121,75 @@ def copy_to(ranges: List[Tuple[str, int, int]], dst_fd: int, dst_offset: int) ->
     return written
 
 
+WRITE_CHUNK = 1 << 16
+"""Bytes per write(2) of a buffer: the size of the kernel's own file-to-file copies (see write_memory)."""
+
+
 def write_memory(fd: int, offset: int, data) -> int:
-    """pwrite(fd, data, offset) of a contiguous buffer, every byte (the fd's position is not used)."""
+    """pwrite(fd, data, offset) of a contiguous buffer, every byte (the fd's position is not used),
+    in WRITE_CHUNK pieces.
+
+    Why pieces: the page cache allocates the pages of a write in folios as large as the write allows
+    (Linux 6.x, ext4 and others), and on a virtual machine that hands free memory back to its host
+    (virtio-balloon free page reporting; this project's CI machines report free blocks of 128 KiB
+    and up) large free blocks are exactly the memory the host has taken back, so every page of them
+    costs a host fault. Measured 2026-12-05 on the 2-core CI machine (bench/RESULTS.md, `glm-ckpt
+    convert` of a 1.11 GB model, alternated): whole-buffer writes ran at 0.10-0.16 GB/s and made the
+    conversions 2.9-6.2 s; 64 KiB writes, the size copy_file_range and cp move at a time, made them
+    0.9-1.4 s (a plain copy: 0.55-0.65 s). On memory that is not handed back, the pieces cost
+    ~0.1 s per GB of syscalls."""
     view = memoryview(data).cast("B")
-    done = 0
-    while done < view.nbytes:
-        done += os.pwrite(fd, view[done:], offset + done)
+    for start in range(0, view.nbytes, WRITE_CHUNK):
+        piece = view[start: start + WRITE_CHUNK]
+        done = 0
+        while done < piece.nbytes:
+            done += os.pwrite(fd, piece[done:], offset + start + done)
     return view.nbytes
 
 
-class Staging:
-    """Tensors held for a writer that takes a whole file's tensors at once (safetensors.save_file,
-    torch.distributed.checkpoint.save), as views of file mappings, not memory: a tensor whose bytes
-    are one unchanged range of a source file (`source_ranges`) becomes a view of that file's map
-    and is not copied now; any other is written to a spill file `spill` (in the kernel where its
-    bytes come from source files) and becomes a view of the spill file's map. The maps are private
-    and only read, so their pages are page cache (file pages), never anonymous memory. Sources must
-    stay unchanged until the writer is done (a conversion's source is)."""
+class KernelCopyFile(io.RawIOBase):
+    """A file opened for writing that a serializer (torch.save inside dcp.save) writes into: a write
+    whose bytes `locate(address, nbytes)` places in source files (torch.save hands over a tensor
+    storage's own memory, so address and size identify the tensor) is done as a copy of those file
+    ranges, in the kernel (copy_to); other large writes go through write_memory, small ones to the
+    file as they are. The bytes written are identical either way."""
 
-    ALIGN = 64
+    def __init__(self, raw, locate: Callable[[int, int], Optional[List[Tuple[str, int, int]]]]) -> None:
+        super().__init__()
+        self.raw, self.locate = raw, locate
 
-    def __init__(self, spill: str) -> None:
-        self.spill = spill
-        self._fd: Optional[int] = None
-        self._size = 0
-        self._entries: Dict[str, Tuple[str, int, torch.dtype, Tuple[int, ...]]] = {}
+    def writable(self) -> bool:
+        return True
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        from checkpoints.memory import contiguous  # (memory imports nothing from here)
-
-        tensor = contiguous(tensor, "contig")
-        nbytes = tensor.numel() * tensor.element_size()
-        ranges = source_ranges(tensor)
-        if ranges is not None and len(ranges) == 1:
-            path, offset, _ = ranges[0]
-            self._entries[name] = (path, offset, tensor.dtype, tuple(tensor.shape))
-            return
-        if self._fd is None:
-            self._fd = os.open(self.spill, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        offset = -(-self._size // self.ALIGN) * self.ALIGN
+    def write(self, data) -> int:
+        view = memoryview(data)
+        if view.nbytes < MIN_BYTES:
+            return self.raw.write(view)
+        self.raw.flush()
+        position = self.raw.tell()
+        address = numpy.frombuffer(view.cast("B"), dtype=numpy.uint8).__array_interface__["data"][0]
+        ranges = self.locate(address, view.nbytes) if _state is not None else None
         if ranges is not None:
-            copy_to(ranges, self._fd, offset)
-        elif nbytes:
-            write_memory(self._fd, offset, tensor.reshape(-1).view(torch.uint8).numpy())
-        self._size = offset + nbytes
-        self._entries[name] = (self.spill, offset, tensor.dtype, tuple(tensor.shape))
+            copy_to(ranges, self.raw.fileno(), position)
+        else:
+            write_memory(self.raw.fileno(), position, view)
+        self.raw.seek(position + view.nbytes)
+        return view.nbytes
 
-    def tensors(self) -> Dict[str, torch.Tensor]:
-        """Every added tensor, by name, each a view of its own storage (a slice of a file map)."""
-        maps: Dict[str, torch.UntypedStorage] = {}
-        out = {}
-        for name, (path, offset, dtype, shape) in self._entries.items():
-            numel = 1
-            for size in shape:
-                numel *= size
-            nbytes = numel * dtype.itemsize
-            if not nbytes:
-                out[name] = torch.empty(shape, dtype=dtype)
-                continue
-            if path not in maps:
-                maps[path] = torch.UntypedStorage.from_file(path, False, os.path.getsize(path))
-            storage = maps[path][offset: offset + nbytes]
-            out[name] = torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-        return out
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def flush(self) -> None:
+        if not self.raw.closed:
+            self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            os.unlink(self.spill)
-        self._entries.clear()
+        if not self.closed:
+            self.raw.close()
+        super().close()

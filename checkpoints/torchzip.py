@@ -18,10 +18,15 @@ Files written here load with plain torch.load. Like torch.save with
 torch.utils.serialization.config.save.compute_crc32 off, the zip CRC-32 fields are not those of the
 bytes (`unzip -t` reports errors; torch.load does not check them): computing them would cost a full
 extra pass over every byte, and truncation is caught by the zip directory and record sizes.
+
+A torch.save blob inside a bigger file (a torch.distributed.checkpoint chunk in a .distcp file) is
+located the same way (`blob_layout`): its structure by torch.load(map_location="meta"), which
+reads no tensor bytes, its storage record by zipfile.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
@@ -30,7 +35,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from torch.utils.serialization import config as serialization_config
 
 from checkpoints import filecopy
 from checkpoints.errors import CheckpointError
@@ -49,14 +53,18 @@ def _leaves(obj: Any, path: Tuple = ()) -> Iterator[Tuple[Tuple, Any]]:
             yield from _leaves(value, path + (index,))
 
 
-def _record_data_offsets(path: Path) -> List[Tuple[int, int]]:
-    """(file offset, size) of every `data/<key>` record of a torch.save zip, by offset."""
+def _record_data_offsets(handle) -> List[Tuple[int, int]]:
+    """(offset, size) of every `data/<key>` record of the torch.save zip `handle` (a seekable binary
+    file, offsets relative to its start), by offset. Records torch wrote compressed (it never does)
+    raise ValueError: their bytes are not the tensor's."""
     records = []
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+    with zipfile.ZipFile(handle) as archive:
         for info in archive.infolist():
             parts = info.filename.split("/")
             if len(parts) < 2 or parts[-2] != "data" or not info.file_size:
                 continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{info.filename} is compressed")
             handle.seek(info.header_offset)
             header = handle.read(30)  # a zip local file header: name and extra-field lengths at 26..30
             if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -64,6 +72,60 @@ def _record_data_offsets(path: Path) -> List[Tuple[int, int]]:
             name_length, extra_length = struct.unpack("<HH", header[26:30])
             records.append((info.header_offset + 30 + name_length + extra_length, info.file_size))
     return sorted(records)
+
+
+class _Window(io.RawIOBase):
+    """Bytes [offset, offset + length) of an open binary file, as a read-only seekable file of its
+    own: what a torch.distributed.checkpoint chunk is inside a .distcp file."""
+
+    def __init__(self, handle, offset: int, length: int) -> None:
+        super().__init__()
+        self._handle, self._offset, self._length, self._position = handle, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self._length - self._position))
+        if not count:
+            return 0
+        data = os.pread(self._handle.fileno(), count, self._offset + self._position)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def blob_layout(handle, offset: int, length: int) -> Optional[Tuple[torch.Tensor, int]]:
+    """Where the tensor of a torch.save blob stored at [offset, offset + length) of the open file
+    `handle` lies, without reading its bytes: (a meta tensor with its shape, dtype, strides and
+    storage offset; the file offset of its storage's first byte). None when the blob is not one
+    tensor over one uncompressed storage record (then it must be read with torch.load).
+
+    torch.load(map_location="meta") reads only the pickle; the stdlib zipfile module finds the
+    storage record (a torch.save file is a zip archive: data.pkl, data/<key> records)."""
+    window = io.BufferedReader(_Window(handle, offset, length))
+    meta = torch.load(window, map_location="meta", weights_only=True)
+    if not isinstance(meta, torch.Tensor):
+        return None
+    try:
+        records = _record_data_offsets(window)
+    except ValueError:
+        return None
+    nbytes = meta.untyped_storage().nbytes()
+    if len(records) != (1 if nbytes else 0) or (records and records[0][1] != nbytes):
+        return None
+    return meta, offset + (records[0][0] if records else 0)
 
 
 def _map_start(path: Path, obj: Any) -> Optional[int]:
@@ -76,7 +138,8 @@ def _map_start(path: Path, obj: Any) -> Optional[int]:
         if storage.nbytes():
             storages[storage.data_ptr()] = storage.nbytes()
     try:
-        records = _record_data_offsets(path)
+        with open(path, "rb") as handle:
+            records = _record_data_offsets(handle)
     except (OSError, ValueError, zipfile.BadZipFile):
         return None
     pointers = sorted(storages.items())
@@ -183,44 +246,3 @@ class StreamingTorchWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-class _CopyingFile:
-    """The file object torch.save writes a tensor to: passes writes on to `handle`, except the one
-    of the tensor's bytes (the only write of exactly that size), which it copies from the source
-    file in the kernel when they are unchanged source bytes (filecopy.source_ranges)."""
-
-    def __init__(self, handle, nbytes: int, ranges) -> None:
-        self.handle, self._nbytes, self._ranges = handle, nbytes, ranges
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        if self._ranges is not None and view.nbytes == self._nbytes:
-            self.handle.flush()
-            position = self.handle.tell()
-            filecopy.copy_to(self._ranges, self.handle.fileno(), position)
-            self.handle.seek(position + self._nbytes)
-            self._ranges = None
-            return view.nbytes
-        return self.handle.write(view)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def save_tensor(tensor: torch.Tensor, handle) -> None:
-    """torch.save(tensor, handle) of just `tensor`'s bytes (what a dist checkpoint chunk holds),
-    without the CRC pass (torch.utils.serialization.config.save.compute_crc32)."""
-    tensor = contiguous(tensor, "contig")
-    nbytes = tensor.numel() * tensor.element_size()
-    if tensor.untyped_storage().nbytes() != nbytes:  # torch.save writes a tensor's whole storage
-        start = tensor.storage_offset() * tensor.element_size()
-        storage = tensor.untyped_storage()[start: start + nbytes]  # shares memory
-        tensor = torch.empty(0, dtype=tensor.dtype).set_(storage, 0, tensor.shape, tensor.stride())
-    ranges = filecopy.source_ranges(tensor) if nbytes >= filecopy.MIN_BYTES else None
-    config = serialization_config.save
-    previous, config.compute_crc32 = config.compute_crc32, False
-    try:
-        torch.save(tensor, _CopyingFile(handle, nbytes, ranges))
-    finally:
-        config.compute_crc32 = previous

@@ -27,3 +27,12 @@ def test_metrics_are_a_library_the_trainer_uses_without_the_monitor():
                                                             "megatron_glm/config", "launch")
                  for path in (root / folder).rglob("*.py") if "megatron_glm.monitor" in path.read_text()]
     assert not importers, f"these import the monitor front end: {importers}"
+
+
+def test_checkpoint_tools_use_public_apis():
+    """glm-ckpt reads and writes through torch's, DCP's, safetensors' and the C library's public
+    interfaces: no torch internals (torch._C, _rebuild_*), no private DCP classes, no C calls."""
+    private = ("torch._C", "_rebuild_", "import ctypes", "from ctypes", "_StorageInfo", "mallopt", "vmsplice")
+    offenders = [f"{path.relative_to(ROOT)}: {marker}" for path in (ROOT / "checkpoints").rglob("*.py")
+                 for marker in private if marker in path.read_text()]
+    assert offenders == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -74,7 +74,16 @@ class Reader:
 
 
 class Writer:
-    """Takes whole tensors in GLMShape.entries() order (then extras) and writes them under `root`."""
+    """Takes whole tensors in GLMShape.entries() order (then optimizer extras) and writes them under
+    `root`: write_all() takes them from the converter; formats that write tensor by tensor implement
+    write() (and write_extra() if they hold optimizer state) and close()."""
+
+    def write_all(self, tensors: Iterable[Tuple[str, ParamSpec, Optional[int], torch.Tensor, bool]]) -> None:
+        """Write every (key, spec, layer, tensor, is optimizer state) the converter yields, then
+        finish the files. A tensor is valid only until the next one is taken (buffers are reused)."""
+        for key, spec, layer, full, extra in tensors:
+            (self.write_extra if extra else self.write)(key, spec, layer, full)
+        self.close()
 
     def write(self, key: str, spec: ParamSpec, layer: Optional[int], full: torch.Tensor) -> None:
         raise NotImplementedError

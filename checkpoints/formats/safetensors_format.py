@@ -151,12 +151,11 @@ class SafetensorsWriter(Writer):
     """Streams each file: its header (computed from the planned shapes, in the format's own layout:
     8-byte little-endian length, JSON of dtype/shape/data_offsets, padded to 8 bytes) is written
     first, then each tensor's bytes as it arrives, in the kernel where they are unchanged source
-    bytes (filecopy.copy_to), else with os.pwrite.
+    bytes (filecopy.copy_to), else from memory (filecopy.write_memory).
 
     Not safetensors.save_file, which takes a whole file's tensors at once: a conversion would have to
     hold them until the file's last one arrives, as views of file maps with the computed ones in a
-    spill file (filecopy.Staging, which dcp.save uses), so their bytes are written twice and read
-    back through a memory map. Measured 2026-12-04 on the 2-core machine (1.11 GB fp32 model,
+    spill file, so their bytes are written twice and read back through a memory map. Measured 2026-12-04 on the 2-core machine (1.11 GB fp32 model,
     `python bench/ckpt_convert_throughput.py`, before/after alternated in one sitting, bench/RESULTS.md):
     dist TP2xPP2 -> safetensors took 3.7-6.4 s with save_file against 1.0-2.3 s streamed (medians of
     six runs each 5.0 s and 1.7 s; 0.11-0.18x the speed of `cp -r` against 0.27-0.90x): save_file

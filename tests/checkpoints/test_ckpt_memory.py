@@ -62,8 +62,8 @@ def _largest_bytes() -> int:
     return max(torch.Size(spec.shape(GLM)).numel() * 4 for _, spec, _ in GLM.entries())
 
 
-# sat: a torch.save skeleton filled in place; dist: one dcp.save at the end, every chunk held until
-# then as a view of a file map; safetensors --dtype bf16: every tensor computed (cast) before it is written.
+# sat: a torch.save skeleton filled in place; dist: one streaming dcp.save that takes each chunk as
+# it writes it; safetensors --dtype bf16: every tensor computed (cast) before it is written.
 @pytest.mark.parametrize("target", [["--to", "sat", "--tp", "2"], ["--to", "dist", "--tp", "2", "--pp", "3"],
                                     ["--to", "safetensors", "--dtype", "bf16"]])
 def test_conversion_peak_memory(tmp_path, big_source, target):
