@@ -35,11 +35,27 @@ def _lrs(run_dir):
     return {r["step"]: r["lr"] for r in read_metrics(run_dir)[0]}
 
 
-def test_extending_a_run_continues_its_lr_schedule(tmp_path):
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """Run directories of finished 2-step and 4-step runs; the tests work on copies of them (a run
+    directory holds no absolute path and no process state once the run has ended)."""
+    root = tmp_path_factory.mktemp("finished")
+    for steps in (2, 4):
+        code, out = _run(root / str(steps), f"train.steps={steps}")
+        assert code == 0, out
+    return root
+
+
+def _finished(finished_runs, steps, destination):
+    """A copy, at `destination`, of the finished run of `steps` steps."""
+    shutil.copytree(finished_runs / str(steps), destination)
+    return destination
+
+
+def test_extending_a_run_continues_its_lr_schedule(tmp_path, finished_runs):
     """train.decay_samples 0 means "the planned samples": resolved at the first start and kept, so
-    raising train.steps continues the same cosine (it used to crash on megatron-core's check)."""
-    run = tmp_path / "run"
-    assert _run(run, "train.steps=4")[0] == 0
+    raising train.steps continues the same cosine."""
+    run = _finished(finished_runs, 4, tmp_path / "run")
     assert yaml.safe_load(RunDir(run).config.read_text())["train"]["decay_samples"] == 16  # 4 steps x 4
     code, out = _run(run, "train.steps=6")
     assert code == 0, out
@@ -49,8 +65,7 @@ def test_extending_a_run_continues_its_lr_schedule(tmp_path):
     assert yaml.safe_load(RunDir(run).config.read_text())["train"]["decay_samples"] == 16
 
     # override_lr_on_resume: the decay is planned again for the new length (8 steps = 32 samples).
-    other = tmp_path / "override"
-    assert _run(other, "train.steps=4")[0] == 0
+    other = _finished(finished_runs, 4, tmp_path / "override")
     code, out = _run(other, "train.steps=8", "train.override_lr_on_resume=true")
     assert code == 0, out
     lrs = _lrs(other)
@@ -63,9 +78,8 @@ def test_extending_a_run_continues_its_lr_schedule(tmp_path):
     assert "train.peak_lr=0.0005 (the run's schedule has 0.001)" in out and "override_lr_on_resume" in out
 
 
-def test_dangling_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path):
-    run = tmp_path / "run"
-    assert _run(run, "train.steps=4")[0] == 0
+def test_dangling_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, finished_runs):
+    run = _finished(finished_runs, 4, tmp_path / "run")
     shutil.rmtree(run / "checkpoints" / "iter_0000004")  # what `latest` names
     code, out = _run(run, "train.steps=6")
     assert code == 0, out
@@ -84,9 +98,10 @@ def test_dangling_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path):
     assert _events(run, "restart")[-1]["step"] == 6
 
 
-def test_checkpoints_that_are_gone_never_mean_a_fresh_start(tmp_path):
-    run = tmp_path / "run"
-    assert _run(run, "train.steps=2")[0] == 0
+def test_checkpoints_that_are_gone_never_mean_a_fresh_start(tmp_path, finished_runs):
+    """Also after the run directory moved: this one is a copy, its events name the checkpoints at
+    the original path."""
+    run = _finished(finished_runs, 2, tmp_path / "run")
     metrics_before = RunDir(run).metrics.read_text()
     shutil.rmtree(run / "checkpoints" / "iter_0000002")  # `latest` dangles and nothing else is left
     code, out = _run(run, "train.steps=4")
@@ -101,9 +116,8 @@ def test_checkpoints_that_are_gone_never_mean_a_fresh_start(tmp_path):
     assert RunDir(run).metrics.read_text() == metrics_before  # nothing trained over the history
 
 
-def test_a_corrupt_checkpoint_is_never_loaded(tmp_path):
-    run = tmp_path / "run"
-    assert _run(run, "train.steps=4")[0] == 0
+def test_a_corrupt_checkpoint_is_never_loaded(tmp_path, finished_runs):
+    run = _finished(finished_runs, 4, tmp_path / "run")
     shard = sorted((run / "checkpoints" / "iter_0000004").glob("*.distcp"))[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit, same size
@@ -126,9 +140,8 @@ def test_a_corrupt_checkpoint_is_never_loaded(tmp_path):
     assert "common.pt has 100 bytes" in _events(run, "checkpoint_corrupt")[-1]["message"]
 
 
-def test_a_finished_run_is_left_untouched(tmp_path):
-    run = tmp_path / "run"
-    assert _run(run, "train.steps=2")[0] == 0
+def test_a_finished_run_is_left_untouched(tmp_path, finished_runs):
+    run = _finished(finished_runs, 2, tmp_path / "run")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     code, out = _run(run, "train.steps=2")
     assert code == 0 and "finished at step 2 (DONE); nothing to do" in out

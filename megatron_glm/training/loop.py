@@ -474,15 +474,16 @@ def _prepare(run: RunConfig, run_dir: str, events: Optional[EventsWriter]) -> tu
 
 
 def _published_history(layout: RunDir) -> List[str]:
-    """Paths of the checkpoints this run's events say were published inside its checkpoints/."""
+    """Paths of the checkpoints this run's events say were published in its checkpoints/ directory,
+    wherever the run directory was then: one that was moved or copied (scratch to project space)
+    keeps its history, so its events still stop a fresh start over it."""
     from megatron_glm.metrics.schema import read_events
 
     if not layout.events.is_file():
         return []
     events, _ = read_events(layout.path)
-    inside = str(layout.checkpoints.resolve())
     return [e["path"] for e in events if e["kind"] == "checkpoint_saved"
-            and str(Path(e["path"]).resolve()).startswith(inside)]
+            and Path(e["path"]).parent.name == layout.checkpoints.name]
 
 
 def run_training(run: RunConfig, run_dir: str) -> int:
