@@ -43,6 +43,21 @@ def logits(capsys, checkpoint: Path, inputs: Path, out: Path) -> List[torch.Tens
     return torch.load(out)
 
 
+def write_random_safetensors(root: Path, glm, step: int) -> Path:
+    """A safetensors export of seeded random fp32 weights of `glm` at `root`, written tensor by tensor."""
+    from checkpoints.formats.base import WriteOptions
+    from checkpoints.formats.safetensors_format import SafetensorsWriter
+
+    root.mkdir(parents=True)
+    entries = glm.entries()
+    writer = SafetensorsWriter(root, glm, WriteOptions(), step=step, dtypes={k: torch.float32 for k, _, _ in entries})
+    generator = torch.Generator().manual_seed(0)
+    for key, spec, layer in entries:
+        writer.write(key, spec, layer, torch.randn(spec.shape(glm), generator=generator))
+    writer.close()
+    return root
+
+
 def max_abs_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
     assert len(a) == len(b)
     return max(float((x.double() - y.double()).abs().max()) for x, y in zip(a, b))

@@ -13,12 +13,10 @@ import pytest
 import torch
 
 from checkpoints import filecopy
-from checkpoints.formats.base import WriteOptions
 from checkpoints.formats.dist import DistReader
-from checkpoints.formats.safetensors_format import SafetensorsWriter
 from checkpoints.shapes import GLMShape
 from checkpoints.torchzip import blob_layout
-from ckpt_helpers import ckpt
+from ckpt_helpers import ckpt, write_random_safetensors
 
 # every tensor but the norms and biases is above filecopy.MIN_BYTES
 GLM = GLMShape(num_layers=2, hidden_size=256, num_attention_heads=4, ffn_hidden_size=512, padded_vocab_size=1024)
@@ -26,15 +24,7 @@ GLM = GLMShape(num_layers=2, hidden_size=256, num_attention_heads=4, ffn_hidden_
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("copies") / "st"
-    root.mkdir()
-    entries = GLM.entries()
-    writer = SafetensorsWriter(root, GLM, WriteOptions(), step=4, dtypes={k: torch.float32 for k, _, _ in entries})
-    generator = torch.Generator().manual_seed(0)
-    for key, spec, layer in entries:
-        writer.write(key, spec, layer, torch.randn(spec.shape(GLM), generator=generator))
-    writer.close()
-    return root
+    return write_random_safetensors(tmp_path_factory.mktemp("copies") / "st", GLM, step=4)
 
 
 def _convert_counting(monkeypatch, src: Path, dst: Path, *args: str):

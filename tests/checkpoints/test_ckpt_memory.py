@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints.formats.base import WriteOptions
-from checkpoints.formats.safetensors_format import SafetensorsWriter
 from checkpoints.shapes import GLMShape
+from ckpt_helpers import write_random_safetensors
 
 GLM = GLMShape(num_layers=9, hidden_size=1024, num_attention_heads=8, ffn_hidden_size=2816, padded_vocab_size=16384)
 MB = 2 ** 20
@@ -47,15 +46,7 @@ sys.exit(code)
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory) -> Path:
     """A 506 MiB fp32 safetensors export of random weights, written one tensor at a time."""
-    root = tmp_path_factory.mktemp("big") / "st"
-    root.mkdir()
-    entries = GLM.entries()
-    writer = SafetensorsWriter(root, GLM, WriteOptions(), step=3, dtypes={k: torch.float32 for k, _, _ in entries})
-    generator = torch.Generator().manual_seed(0)
-    for key, spec, layer in entries:
-        writer.write(key, spec, layer, torch.randn(spec.shape(GLM), generator=generator))
-    writer.close()
-    return root
+    return write_random_safetensors(tmp_path_factory.mktemp("big") / "st", GLM, step=3)
 
 
 def _largest_bytes() -> int:
