@@ -168,7 +168,7 @@ class KernelCopyFile(io.RawIOBase):
         self.raw.flush()
         position = self.raw.tell()
         address = numpy.frombuffer(view.cast("B"), dtype=numpy.uint8).__array_interface__["data"][0]
-        ranges = self.locate(address, view.nbytes) if _state is not None else None
+        ranges = self.locate(address, view.nbytes)  # None unless a conversion is active (source_ranges)
         if ranges is not None:
             copy_to(ranges, self.raw.fileno(), position)
         else:

@@ -37,8 +37,8 @@ def _lrs(run_dir):
 
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
-    """Run directories of finished 2-step and 4-step runs; the tests work on copies of them (a run
-    directory holds no absolute path and no process state once the run has ended)."""
+    """Run directories of finished 2-step and 4-step runs; the tests work on copies of them, as a
+    user works on a run directory moved elsewhere (its events still name the original paths)."""
     root = tmp_path_factory.mktemp("finished")
     for steps in (2, 4):
         code, out = _run(root / str(steps), f"train.steps={steps}")

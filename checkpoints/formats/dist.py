@@ -40,7 +40,8 @@ from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
-from torch.distributed.checkpoint.planner import LoadPlan, SavePlan, TensorWriteData, WriteItem, WriteItemType
+from torch.distributed.checkpoint.planner import (LoadPlan, ReadItem, SavePlan, TensorWriteData, WriteItem,
+                                                  WriteItemType)
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from checkpoints import filecopy
@@ -193,42 +194,41 @@ class DistReader(Reader):
         offsets = [layer] + [0] * len(expected) if layer is not None else [0] * len(expected)
         sizes = [1] + list(expected) if layer is not None else list(expected)
         region = ChunkStorageMetadata(torch.Size(offsets), torch.Size(sizes))
-        chunks = [chunk for chunk in meta.chunks if _overlap(region, chunk)]
-        mapped = [self._mapped_chunk(fqn, chunk) for chunk in chunks]
+        # DCP's resharding step: which part of which saved chunk fills which part of the region
+        items = create_read_items_for_chunk_list(fqn, meta, [region])
+        covered = sum(torch.Size(item.lengths).numel() for item in items)
+        if covered != region.sizes.numel():
+            raise CheckpointError(f"chunks cover {covered} of {region.sizes.numel()} values", self.dir / ".metadata",
+                                  fqn, hint="the checkpoint is incomplete")
+        chunks = {tuple(chunk.offsets): chunk for chunk in meta.chunks}
+        mapped = [self._mapped_chunk(fqn, chunks[tuple(item.storage_index.offset)]) for item in items]
         if None in mapped:
             return self._read_with_dcp(fqn, region, expected, layer is not None)
-        return self._assemble(fqn, region, expected, layer is not None, chunks, mapped)
+        return self._assemble(region, expected, layer is not None, items, mapped)
 
-    def _assemble(self, fqn: str, region: ChunkStorageMetadata, shape: Tuple[int, ...], stacked: bool,
-                  chunks: List[ChunkStorageMetadata], mapped: List[Tuple[torch.Tensor, str, int]]) -> torch.Tensor:
-        """`region` of tensor `fqn` from its memory-mapped chunks: the chunk itself when one covers
-        exactly the region (nothing read until touched), else the chunks' overlaps copied into a
-        buffer. Either way the converter learns which bytes are unchanged file bytes (filecopy)."""
-        if len(chunks) == 1 and chunks[0].offsets == region.offsets and chunks[0].sizes == region.sizes:
+    def _assemble(self, region: ChunkStorageMetadata, shape: Tuple[int, ...], stacked: bool,
+                  items: List[ReadItem], mapped: List[Tuple[torch.Tensor, str, int]]) -> torch.Tensor:
+        """`region` from its memory-mapped chunks: a view of the chunk when one chunk holds all of
+        it (nothing read until touched), else the chunks' parts copied into a buffer. Either way
+        the converter learns which bytes are unchanged file bytes (filecopy)."""
+        if len(items) == 1 and items[0].lengths == region.sizes:
             tensor, path, file_offset = mapped[0]
-            out = tensor[0] if stacked else tensor
+            view = _narrow(tensor, items[0].storage_offsets, items[0].lengths)
+            out = view[0] if stacked else view
             if out.is_contiguous():
-                filecopy.attach(out, [(0, out.numel() * out.element_size(), path, file_offset)])
+                filecopy.attach(out, [(0, out.numel() * out.element_size(), path,
+                                       file_offset + view.data_ptr() - tensor.data_ptr())])
             return out
         out = empty(shape, mapped[0][0].dtype, "read")
         target = out.unsqueeze(0) if stacked else out
         extents: List[filecopy.Extent] = []
-        covered = 0
-        for chunk, (tensor, path, file_offset) in zip(chunks, mapped):
-            source, destination = tensor, target
-            for dim, (r_offset, r_size, c_offset, c_size) in enumerate(
-                    zip(region.offsets, region.sizes, chunk.offsets, chunk.sizes)):
-                low, high = max(r_offset, c_offset), min(r_offset + r_size, c_offset + c_size)
-                source = source.narrow(dim, low - c_offset, high - low)
-                destination = destination.narrow(dim, low - r_offset, high - low)
+        for item, (tensor, path, file_offset) in zip(items, mapped):
+            source = _narrow(tensor, item.storage_offsets, item.lengths)
+            destination = _narrow(target, item.dest_offsets, item.lengths)
             destination.copy_(source)
-            covered += destination.numel()
             if source.is_contiguous() and destination.is_contiguous() and destination.numel():
                 extents.append((destination.data_ptr() - out.data_ptr(), destination.numel() * out.element_size(),
                                 path, file_offset + source.data_ptr() - tensor.data_ptr()))
-        if covered != out.numel():
-            raise CheckpointError(f"chunks cover {covered} of {out.numel()} values", self.dir / ".metadata", fqn,
-                                  hint="the checkpoint is incomplete")
         filecopy.attach(out, extents)
         return out
 
@@ -274,14 +274,11 @@ class DistReader(Reader):
                        stacked: bool) -> torch.Tensor:
         out = empty(shape, self._meta(fqn).properties.dtype, "read")
         try:
-            covered = self._load(fqn, region, out.unsqueeze(0) if stacked else out)
+            self._load(fqn, region, out.unsqueeze(0) if stacked else out)
         except CheckpointError:
             raise
         except (Exception, dcp.CheckpointException) as error:  # the latter is a BaseException
             raise self._corrupt(fqn, region, error) from None
-        if covered != out.numel():
-            raise CheckpointError(f"chunks cover {covered} of {out.numel()} values", self.dir / ".metadata", fqn,
-                                  hint="the checkpoint is incomplete")
         return out
 
     def close(self) -> None:
@@ -290,16 +287,14 @@ class DistReader(Reader):
         self._files.clear()
         self._maps.clear()  # a map goes away with the last tensor that views it
 
-    def _load(self, fqn: str, region: ChunkStorageMetadata, target: torch.Tensor) -> int:
-        """dcp.load of `region` (global offsets and sizes) of tensor `fqn` into `target`; values read."""
+    def _load(self, fqn: str, region: ChunkStorageMetadata, target: torch.Tensor) -> None:
+        """dcp.load of `region` (global offsets and sizes) of tensor `fqn` into `target`."""
         for chunk in self._meta(fqn).chunks:
             if _overlap(region, chunk):
                 self._chunk_file(fqn, chunk)
-        planner = _ChunkPlanner(region)
         with warnings.catch_warnings():  # "torch.distributed is disabled ...: load in a single process": yes
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            dcp.load({fqn: target}, storage_reader=self._storage, planner=planner, no_dist=True)
-        return planner.covered
+            dcp.load({fqn: target}, storage_reader=self._storage, planner=_ChunkPlanner(region), no_dist=True)
 
     def _corrupt(self, fqn: str, region: ChunkStorageMetadata, error: Exception) -> CheckpointError:
         """The error of a failed read, naming the file: each chunk of the region is read on its own."""
@@ -328,6 +323,13 @@ class DistReader(Reader):
         return file
 
 
+def _narrow(tensor: torch.Tensor, offsets, lengths) -> torch.Tensor:
+    """The view of `tensor` at `offsets` of `lengths` in every dimension."""
+    for dim, (offset, length) in enumerate(zip(offsets, lengths)):
+        tensor = tensor.narrow(dim, offset, length)
+    return tensor
+
+
 def _overlap(a: ChunkStorageMetadata, b: ChunkStorageMetadata) -> bool:
     return all(x < y + n and y < x + m for x, m, y, n in zip(a.offsets, a.sizes, b.offsets, b.sizes))
 
@@ -348,17 +350,10 @@ class _ChunkPlanner(DefaultLoadPlanner):
     def __init__(self, chunk: ChunkStorageMetadata):
         super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
         self.chunk = chunk
-        self.covered = 0
 
     def create_local_plan(self) -> LoadPlan:
         (fqn, target), = self.state_dict.items()
-        items = create_read_items_for_chunk_list(fqn, self.metadata.state_dict_metadata[fqn], [self.chunk])
-        for item in items:
-            numel = 1
-            for length in item.lengths:
-                numel *= length
-            self.covered += numel
-        return LoadPlan(items)
+        return LoadPlan(create_read_items_for_chunk_list(fqn, self.metadata.state_dict_metadata[fqn], [self.chunk]))
 
     def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
         return self.state_dict[index.fqn]  # the region itself: read items' dest_offsets are relative to it
