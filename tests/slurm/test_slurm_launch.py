@@ -281,12 +281,17 @@ def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_ot
     job_id = submitted.stdout.strip()
     frozen = None
     try:
-        # 1. Freeze rank 3 once its watchdog reports a step past the last checkpoint: the steps
-        #    since that checkpoint are lost with the hang and must be trained again.
+        # 1. Freeze rank 3 once the run has a step past the last checkpoint: the steps since that
+        #    checkpoint are lost with the hang and must be trained again. The step comes from
+        #    metrics.jsonl (written every step, after a collective that rank 3 took part in), not
+        #    from rank 3's heartbeat: a 2 s heartbeat and a 2 s step-and-save cycle can stay in
+        #    phase and report only checkpoint steps for the whole run.
         def rank3_past_a_checkpoint():
             beat = _heartbeat(run_dir, 3)
             saved = [e["step"] for e in _events(run_dir) if e["kind"] == "checkpoint_saved"]
-            return beat if saved and beat and beat["job"] == f"{job_id}.0" and (beat["step"] or 0) > max(saved) else None
+            trained = [r["step"] for r in read_metrics(run_dir)[0]]
+            running = beat and beat["job"] == f"{job_id}.0" and beat["state"] == "running"
+            return beat if running and saved and trained and trained[-1] > max(saved) else None
         beat = _wait(rank3_past_a_checkpoint, 240, "rank 3's heartbeat past a checkpoint "
                      "(heartbeats/rank3.json: the hang watchdog running in the trainer)", cluster, run_dir)
         frozen, node = beat["pid"], beat["host"]
