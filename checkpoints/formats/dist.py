@@ -200,10 +200,11 @@ class DistReader(Reader):
         if covered != region.sizes.numel():
             raise CheckpointError(f"chunks cover {covered} of {region.sizes.numel()} values", self.dir / ".metadata",
                                   fqn, hint="the checkpoint is incomplete")
-        chunks = {tuple(chunk.offsets): chunk for chunk in meta.chunks}
-        mapped = [self._mapped_chunk(fqn, chunks[tuple(item.storage_index.offset)]) for item in items]
+        by_offset = {tuple(chunk.offsets): chunk for chunk in meta.chunks}
+        chunks = [by_offset[tuple(item.storage_index.offset)] for item in items]
+        mapped = [self._mapped_chunk(fqn, chunk) for chunk in chunks]  # checks each chunk's file exists
         if None in mapped:
-            return self._read_with_dcp(fqn, region, expected, layer is not None)
+            return self._read_with_dcp(fqn, region, chunks, expected, layer is not None)
         return self._assemble(region, expected, layer is not None, items, mapped)
 
     def _assemble(self, region: ChunkStorageMetadata, shape: Tuple[int, ...], stacked: bool,
@@ -270,15 +271,14 @@ class DistReader(Reader):
         tensor = torch.empty(0, dtype=dtype).set_(storage, meta.storage_offset(), meta.shape, meta.stride())
         return tensor, str(file), data_offset + meta.storage_offset() * dtype.itemsize
 
-    def _read_with_dcp(self, fqn: str, region: ChunkStorageMetadata, shape: Tuple[int, ...],
-                       stacked: bool) -> torch.Tensor:
+    def _read_with_dcp(self, fqn: str, region: ChunkStorageMetadata, chunks: List[ChunkStorageMetadata],
+                       shape: Tuple[int, ...], stacked: bool) -> torch.Tensor:
+        """`region` read by dcp.load from `chunks`, the saved chunks that hold it."""
         out = empty(shape, self._meta(fqn).properties.dtype, "read")
         try:
             self._load(fqn, region, out.unsqueeze(0) if stacked else out)
-        except CheckpointError:
-            raise
         except (Exception, dcp.CheckpointException) as error:  # the latter is a BaseException
-            raise self._corrupt(fqn, region, error) from None
+            raise self._corrupt(fqn, chunks, error) from None
         return out
 
     def close(self) -> None:
@@ -289,19 +289,14 @@ class DistReader(Reader):
 
     def _load(self, fqn: str, region: ChunkStorageMetadata, target: torch.Tensor) -> None:
         """dcp.load of `region` (global offsets and sizes) of tensor `fqn` into `target`."""
-        for chunk in self._meta(fqn).chunks:
-            if _overlap(region, chunk):
-                self._chunk_file(fqn, chunk)
         with warnings.catch_warnings():  # "torch.distributed is disabled ...: load in a single process": yes
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             dcp.load({fqn: target}, storage_reader=self._storage, planner=_ChunkPlanner(region), no_dist=True)
 
-    def _corrupt(self, fqn: str, region: ChunkStorageMetadata, error: Exception) -> CheckpointError:
-        """The error of a failed read, naming the file: each chunk of the region is read on its own."""
+    def _corrupt(self, fqn: str, chunks: List[ChunkStorageMetadata], error: Exception) -> CheckpointError:
+        """The error of a failed read, naming the file: each of the region's chunks is read on its own."""
         culprit = self.dir
-        for chunk in self._meta(fqn).chunks:
-            if not _overlap(region, chunk):
-                continue
+        for chunk in chunks:
             part = ChunkStorageMetadata(chunk.offsets, chunk.sizes)
             try:
                 self._load(fqn, part, torch.empty(tuple(chunk.sizes), dtype=self._meta(fqn).properties.dtype))
@@ -328,10 +323,6 @@ def _narrow(tensor: torch.Tensor, offsets, lengths) -> torch.Tensor:
     for dim, (offset, length) in enumerate(zip(offsets, lengths)):
         tensor = tensor.narrow(dim, offset, length)
     return tensor
-
-
-def _overlap(a: ChunkStorageMetadata, b: ChunkStorageMetadata) -> bool:
-    return all(x < y + n and y < x + m for x, m, y, n in zip(a.offsets, a.sizes, b.offsets, b.sizes))
 
 
 class _MetadataOnce(FileSystemReader):

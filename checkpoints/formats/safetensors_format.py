@@ -155,7 +155,8 @@ class SafetensorsWriter(Writer):
 
     Not safetensors.save_file, which takes a whole file's tensors at once: a conversion would have to
     hold them until the file's last one arrives, as views of file maps with the computed ones in a
-    spill file, so their bytes are written twice and read back through a memory map. Measured 2026-12-04 on the 2-core machine (1.11 GB fp32 model,
+    spill file, so their bytes are written twice and read back through a memory map. Measured
+    2026-12-04 on the 2-core machine (1.11 GB fp32 model,
     `python bench/ckpt_convert_throughput.py`, before/after alternated in one sitting, bench/RESULTS.md):
     dist TP2xPP2 -> safetensors took 3.7-6.4 s with save_file against 1.0-2.3 s streamed (medians of
     six runs each 5.0 s and 1.7 s; 0.11-0.18x the speed of `cp -r` against 0.27-0.90x): save_file

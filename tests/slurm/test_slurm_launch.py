@@ -292,8 +292,8 @@ def test_a_frozen_rank_is_found_its_node_excluded_and_the_run_finishes_on_the_ot
             trained = [r["step"] for r in read_metrics(run_dir)[0]]
             running = beat and beat["job"] == f"{job_id}.0" and beat["state"] == "running"
             return beat if running and saved and trained and trained[-1] > max(saved) else None
-        beat = _wait(rank3_past_a_checkpoint, 240, "rank 3's heartbeat past a checkpoint "
-                     "(heartbeats/rank3.json: the hang watchdog running in the trainer)", cluster, run_dir)
+        beat = _wait(rank3_past_a_checkpoint, 240, "a step past a checkpoint in metrics.jsonl while rank 3's "
+                     "heartbeat says running (heartbeats/rank3.json: the hang watchdog in the trainer)", cluster, run_dir)
         frozen, node = beat["pid"], beat["host"]
         os.kill(frozen, signal.SIGSTOP)
 
